@@ -1,0 +1,1 @@
+"""Frozen pretrained networks and score distillation: one file per prior."""

@@ -1,0 +1,1 @@
+"""The four optimisation stages, one module each, plus stages/render/."""

@@ -1,0 +1,1 @@
+"""Differentiable rendering: cameras, hash grid, volume rendering, rasteriser, marching tets/cubes, UV, export."""
