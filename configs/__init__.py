@@ -1,0 +1,1 @@
+"""YAML presets (``paper``, ``release``, ``cpu``), shipped as package data."""

@@ -1,0 +1,172 @@
+"""Step checkpoints of a stage: atomic, verified, complete (every RNG state), safe to load.
+
+A stage's loop hands its stateful objects (modules, optimisers, schedulers, generators) to
+:meth:`Checkpointer.resume` once and calls :meth:`Checkpointer.step_done` after every step.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pipeline.errors import Interrupted
+from pipeline.progress import Progress
+from pipeline.signals import StopSignals
+from pipeline.store import atomic_write_bytes
+
+log = logging.getLogger("geneman")
+
+FORMAT = 1
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def rng_state() -> dict:
+    """Every global RNG state: python, numpy, torch CPU and CUDA."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _get(obj: Any):
+    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+
+
+def _set(obj: Any, value) -> None:
+    if isinstance(obj, torch.Generator):
+        obj.set_state(value)
+    else:
+        obj.load_state_dict(value)
+
+
+def save_checkpoint(path: Path, step: int, objects: dict[str, Any]) -> None:
+    """Write ``objects``' states, ``step`` and the RNG states to ``path``, then its sha256 beside it."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "step": step, "objects": {k: _get(v) for k, v in objects.items()},
+                "rng": rng_state()}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read and verify a checkpoint (``weights_only``: no arbitrary unpickling).
+
+    Raises:
+        ValueError: the file or its digest is missing, damaged or does not match.
+    """
+    digest_path = path.with_name(path.name + ".sha256")
+    if not digest_path.is_file():
+        raise ValueError("no digest file (write did not finish)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest_path.read_text().strip():
+        raise ValueError("sha256 does not match its digest")
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"cannot be read: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError("not a geneman checkpoint")
+    return ckpt
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoint files in ``folder``, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+class Checkpointer:
+    """The stage's handle on checkpoints, stop signals and progress.
+
+    Args:
+        folder: where ``step_XXXXXXXX.pt`` files go.
+        total: the stage's number of steps.
+        every: save every this many steps.
+        keep: keep this many newest checkpoints.
+        progress: progress reporter of the stage.
+        stop: the process's stop-signal flag.
+        on_step: called with the step count after each step (the runner throttles manifest writes).
+    """
+
+    def __init__(self, folder: Path, total: int, every: int, keep: int, progress: Progress,
+                 stop: StopSignals, on_step: Callable[[int, bool], None] = lambda step, saved: None):
+        self.folder, self.total, self.every, self.keep = Path(folder), total, every, keep
+        self.progress, self.stop, self.on_step = progress, stop, on_step
+
+    def resume(self, objects: dict[str, Any]) -> int:
+        """Load the newest valid checkpoint into ``objects`` and the RNGs; return the next step (0 if none).
+
+        A damaged newest checkpoint is skipped with a warning and the one before it used.
+        """
+        for step, path in list_checkpoints(self.folder):
+            try:
+                ckpt = load_checkpoint(path)
+                missing = set(objects) - set(ckpt["objects"])
+                if missing:
+                    raise ValueError(f"lacks {sorted(missing)}")
+            except ValueError as e:
+                log.warning("checkpoint %s is damaged (%s); trying the one before it", path, e)
+                continue
+            for name, obj in objects.items():
+                _set(obj, ckpt["objects"][name])
+            set_rng_state(ckpt["rng"])
+            log.info("resumed from %s (step %d/%d)", path, step, self.total)
+            self.progress.start(step)
+            return int(ckpt["step"])
+        self.progress.start(0)
+        return 0
+
+    def step_done(self, step: int, losses: dict[str, float], objects: dict[str, Any]) -> None:
+        """Call after each optimisation step with the number of steps completed.
+
+        Reports progress; saves every ``every`` steps and when a stop signal has arrived, and in
+        the latter case raises :class:`Interrupted` once the checkpoint is on disk.
+        """
+        self.progress.update(step, losses)
+        stopping = self.stop.requested is not None
+        saved = stopping or step % self.every == 0 or step == self.total
+        if saved:
+            self.save(step, objects)
+        self.on_step(step, saved)
+        if stopping and step < self.total:
+            raise Interrupted(f"stopped by {self.stop.name} at step {step}/{self.total}; checkpoint written, "
+                              "continue with `geneman resume`")
+
+    def save(self, step: int, objects: dict[str, Any]) -> Path:
+        """Write a checkpoint for ``step`` now and prune old ones."""
+        path = self.folder / f"step_{step:08d}.pt"
+        save_checkpoint(path, step, objects)
+        for _, old in list_checkpoints(self.folder)[self.keep:]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        return path

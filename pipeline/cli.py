@@ -1,0 +1,134 @@
+"""The ``geneman`` command: run, resume, status, export.
+
+Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
+75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import GenemanError
+
+log = logging.getLogger("geneman")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress")
+
+
+def _config_args(p: argparse.ArgumentParser, preset_default: str | None) -> None:
+    p.add_argument("--preset", default=preset_default, help="paper, release or cpu (default: %(default)s)")
+    p.add_argument("--config", help="YAML file merged over the preset")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set geometry_init.steps=100 (repeatable)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="geneman", description="One photo of a person -> textured 3D mesh (GeneMAN).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a photo into a run folder")
+    run.add_argument("image", type=Path, help="the photo (RGB, or RGBA whose alpha is the person mask)")
+    run.add_argument("-o", "--out", type=Path, required=True, help="run folder")
+    run.add_argument("--mask", type=Path, help="person mask (white = person), same size as the photo")
+    run.add_argument("--from-stage", help="redo from this stage on (preprocess, geometry_init, ...)")
+    _config_args(run, "release")
+    _common(run)
+    res = sub.add_parser("resume", help="continue a run folder where it stopped")
+    res.add_argument("out", type=Path, help="run folder")
+    res.add_argument("--from-stage", help="redo from this stage on")
+    res.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a config value of the run (invalidates that stage and later ones)")
+    res.add_argument("--device", help="cpu, cuda or cuda:N")
+    _common(res)
+    st = sub.add_parser("status", help="show where run folders stand")
+    st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
+    _common(st)
+    ex = sub.add_parser("export", help="write the final mesh of a finished run")
+    ex.add_argument("out", type=Path, help="run folder")
+    ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
+    _common(ex)
+    return parser
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    """Log to stderr: short lines on a terminal, timestamped lines otherwise."""
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "geneman: %(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+
+
+def cmd_run(args) -> int:
+    from pipeline import session
+    from pipeline.config import load_config
+
+    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(args.preset, args.config, sets)
+    session.start(args.image, args.out, cfg, mask=args.mask, from_stage=args.from_stage, quiet=args.quiet)
+    log.info("done: %s", args.out)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from pipeline import session
+    from pipeline.config import load_config
+
+    cfg = None
+    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    if sets:
+        session.RunStore(args.out).load()
+        cfg = load_config(None, args.out / session.CONFIG, sets)
+    session.resume(args.out, from_stage=args.from_stage, quiet=args.quiet, cfg=cfg)
+    log.info("done: %s", args.out)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pipeline.status import status_text
+
+    print(status_text(args.out))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pipeline.export import export_run
+
+    for path in export_run(args.out, args.format or ["glb", "obj"]):
+        print(path)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``geneman`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except GenemanError as e:
+        if args.debug:
+            log.exception("error")
+        print(f"geneman: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("geneman: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line unless --debug
+        if args.debug:
+            raise
+        print(f"geneman: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The run configuration: typed dataclasses as the schema, YAML presets and ``--set`` on top.
+
+Load order: schema defaults (the release) < preset (``configs/NAME.yaml``) < ``--config FILE``
+< ``--set a.b=c``. Unknown keys and wrong types fail here, before any model is loaded, with the
+full key and the nearest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline import preprocess
+from pipeline.errors import ConfigError
+from priors import config as priors_config
+from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
+from stages.schedule import Ramp
+
+PRESETS = ("paper", "release", "cpu")
+
+
+@dataclass
+class CheckpointConfig:
+    """When stage checkpoints are written and how many are kept."""
+
+    every_n_steps: int = 250
+    """Write a checkpoint every this many steps (and always on SIGTERM / SIGINT / SIGUSR1)."""
+    keep_last: int = 3
+    """Keep this many newest checkpoints per stage."""
+
+
+@dataclass
+class ExportConfig:
+    """What the final folder holds."""
+
+    formats: list[str] = field(default_factory=lambda: ["glb", "obj"])
+    """Mesh formats written to ``final/``: ``glb`` (embedded texture) and/or ``obj`` (+ mtl, png)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one photo -> textured mesh run needs."""
+
+    seed: int = 0
+    """Seed of every random generator (python, numpy, torch)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    prompt: str = ""
+    """Text prompt of the 2D prior; empty: the caption from preprocess or ``a photo of a person``."""
+    negative_prompt: str = ""
+    """Negative prompt of the 2D prior."""
+    progress_every_s: float = 10.0
+    """Seconds between plain progress lines when the output is not a terminal."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Stage checkpointing."""
+    preprocess: preprocess.Config = field(default_factory=preprocess.Config)
+    """Photo loading, masking and recentring."""
+    priors: priors_config.Config = field(default_factory=priors_config.Config)
+    """Pretrained weights and how the frozen networks run."""
+    geometry_init: geometry_init.Config = field(default_factory=geometry_init.Config)
+    """Stage 1: NeRF initialisation."""
+    geometry_sculpt: geometry_sculpt.Config = field(default_factory=geometry_sculpt.Config)
+    """Stage 2: DMTet sculpting."""
+    texture_coarse: texture_coarse.Config = field(default_factory=texture_coarse.Config)
+    """Stage 3: latent-space texture."""
+    texture_refine: texture_refine.Config = field(default_factory=texture_refine.Config)
+    """Stage 4: pixel-space texture refinement."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Final export."""
+
+
+def preset_path(name: str) -> Path:
+    """Path of the YAML file of preset ``name``."""
+    if name not in PRESETS:
+        near = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown preset '{name}'{hint}; presets: {', '.join(PRESETS)}")
+    return Path(str(resources.files("configs").joinpath(f"{name}.yaml")))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _parse_sets(sets: list[str]) -> dict:
+    out: dict = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}' must look like a.b=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{item}' conflicts with another --set of '{p}'")
+        node[parts[-1]] = value
+    return out
+
+
+def _check_keys(data: dict, schema: Any, prefix: str, source: str) -> dict:
+    """Reject unknown keys (naming the nearest valid one); turn scalars given for a Ramp into constants."""
+    names = [f.name for f in fields(schema)]
+    out = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
+        sub = getattr(schema, key)
+        if isinstance(sub, Ramp) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = {"start": value, "end": value, "begin": 0, "until": 0}
+        if is_dataclass(sub) and isinstance(value, dict):
+            value = _check_keys(value, sub, f"{full}.", source)
+        elif is_dataclass(sub):
+            raise ConfigError(f"{source}: '{full}' is a section ({type(sub).__name__}); give its keys, e.g. {full}.{fields(sub)[0].name}=...")
+        out[key] = value
+    return out
+
+
+def _merge(base, data: dict, source: str):
+    try:
+        return OmegaConf.merge(base, data)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+
+
+def load_config(preset: str | None = "release", config_file: str | Path | None = None,
+                sets: list[str] | None = None) -> RunConfig:
+    """Build the run config: schema defaults < preset < ``config_file`` < ``sets``.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, unknown key (with the nearest valid one),
+            or a value of the wrong type.
+    """
+    defaults = RunConfig()
+    cfg = OmegaConf.structured(RunConfig)
+    layers = []
+    if preset:
+        path = preset_path(preset)
+        layers.append((_read_yaml(path), f"preset '{preset}' ({path})"))
+    if config_file:
+        layers.append((_read_yaml(Path(config_file)), str(config_file)))
+    if sets:
+        layers.append((_parse_sets(sets), "--set"))
+    for data, source in layers:
+        cfg = _merge(cfg, _check_keys(data, defaults, "", source), source)
+    obj = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    for name in ("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine"):
+        steps = getattr(cfg, name).steps
+        if steps < 1:
+            raise ConfigError(f"{name}.steps must be at least 1, got {steps}")
+    gi = cfg.geometry_init
+    if len(gi.resolutions) != len(gi.resolution_milestones) + 1:
+        raise ConfigError(f"geometry_init.resolutions has {len(gi.resolutions)} entries; it needs one more than "
+                          f"geometry_init.resolution_milestones ({len(gi.resolution_milestones)})")
+    if cfg.checkpoint.every_n_steps < 1 or cfg.checkpoint.keep_last < 1:
+        raise ConfigError("checkpoint.every_n_steps and checkpoint.keep_last must be at least 1")
+    bad = [f for f in cfg.export.formats if f not in ("glb", "obj")]
+    if bad:
+        raise ConfigError(f"export.formats: unknown format {bad[0]!r}; use glb and/or obj")
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain ``dict`` / ``list`` view of a config (or any part of it)."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what ``config.yaml`` of a run holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml_file(path: Path) -> RunConfig:
+    """Read a run's resolved ``config.yaml`` back (no preset underneath)."""
+    return load_config(preset=None, config_file=path)
+
+
+def digest(*parts: Any) -> str:
+    """Stable short sha256 of JSON-able parts (configs as dicts)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,219 @@
+"""Stage 0: load and validate the photo, find the person, recentre, estimate depth and normal.
+
+Every way a photo can be unusable ends here in an :class:`InputError` naming the file and what
+to do, before the run folder is touched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import InputError
+from stages.inputs import Inputs
+
+log = logging.getLogger("geneman")
+
+DepthNormalFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+@dataclass
+class Config:
+    """Photo loading, person mask and recentring (defaults: the release)."""
+
+    canvas: int = 1024
+    """Side of the square canvas the person is recentred on."""
+    fill: float = 0.9
+    """The long side of the person's box covers this fraction of the canvas."""
+    segmentation: str = "auto"
+    """Mask source when the photo has no alpha and no --mask: ``auto`` (mediapipe if installed), ``mediapipe`` or ``none``."""
+    min_mask_fraction: float = 0.005
+    """A mask covering less of the photo than this means no person was found."""
+    max_pixels: int = 100_000_000
+    """Photos with more pixels are refused (decompression-bomb guard)."""
+    depth_normal: str = "auto"
+    """Sapiens depth/normal: ``required`` (missing weights stop the run), ``auto`` (skip with a warning) or ``off``."""
+
+
+def read_photo(path: Path, max_pixels: int) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB or RGBA image.
+
+    Handles EXIF rotation, 16-bit, CMYK, palette and greyscale images.
+
+    Raises:
+        InputError: missing, empty, not an image, truncated, zero-size or too many pixels.
+    """
+    img = _open_checked(path, max_pixels)
+    img = ImageOps.exif_transpose(img)
+    return _to_8bit(img, path)
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    if not path.exists():
+        raise InputError(f"photo not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{path} is not a file; give the path of a photo (PNG, JPEG, ...)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes); give a real photo")
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > max_pixels:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path} has more than preprocess.max_pixels={max_pixels} pixels (decompression-bomb guard); "
+                         "downscale it or raise preprocess.max_pixels") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image that can be read (PNG, JPEG, WebP, TIFF, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path} is truncated or corrupt ({e}); re-export or re-download it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if img.width == 0 or img.height == 0:
+        raise InputError(f"{path} has zero size ({img.width}x{img.height})")
+    return img
+
+
+def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else max(arr.max(), 1e-8)
+        if img.mode == "F":
+            arr = arr - arr.min()
+            top = max(arr.max(), 1e-8)
+        return Image.fromarray((np.clip(arr / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return img.convert("RGBA")
+    if img.mode in ("RGB", "CMYK", "YCbCr", "LAB", "HSV", "L", "1"):
+        return img.convert("RGB")
+    raise InputError(f"{path} has image mode {img.mode}, which is not supported; save it as RGB or RGBA")
+
+
+def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Read a mask file (white = person) at the photo's ``size`` (W, H) as float32 in [0, 1]."""
+    img = _open_checked(path, max_pixels)
+    img = ImageOps.exif_transpose(img)
+    if img.size != size:
+        raise InputError(f"mask {path} is {img.size[0]}x{img.size[1]} but the photo is {size[0]}x{size[1]}; "
+                         "give a mask of the same size")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        arr = np.asarray(img.convert("RGBA"))[..., 3]
+    else:
+        arr = np.asarray(_to_8bit(img, path).convert("L"))
+    return arr.astype(np.float32) / 255.0
+
+
+def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
+    """Person mask of an ``[H, W, 3]`` uint8 image from a segmentation backend, float32 in [0, 1]."""
+    if backend == "none":
+        raise InputError(f"{photo} has no alpha channel, no --mask was given and preprocess.segmentation=none; "
+                         "pass --mask MASK.png or give an RGBA photo")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
+    try:
+        from mediapipe.python.solutions import selfie_segmentation
+    except ImportError:
+        raise InputError(f"{photo} has no alpha channel and no --mask was given, and no segmentation backend is "
+                         "installed: pass --mask MASK.png, give an RGBA photo, or install the 'segment' extra "
+                         "(pip install 'geneman[segment]' for mediapipe)") from None
+    with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        result = seg.process(np.ascontiguousarray(rgb))
+    if result.segmentation_mask is None:
+        return np.zeros(rgb.shape[:2], np.float32)
+    return np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
+
+
+def person_mask(img: Image.Image, mask_path: Path | None, cfg: Config, photo: Path) -> np.ndarray:
+    """The person mask: ``--mask`` file, else the photo's alpha, else a segmentation backend."""
+    if mask_path is not None:
+        mask = read_mask(mask_path, img.size, cfg.max_pixels)
+    elif img.mode == "RGBA" and np.asarray(img)[..., 3].min() < 255:
+        mask = np.asarray(img)[..., 3].astype(np.float32) / 255.0
+    else:
+        mask = segment(np.asarray(img.convert("RGB")), cfg.segmentation, photo)
+    covered = float((mask > 0.5).mean())
+    if covered < cfg.min_mask_fraction:
+        source = f"mask {mask_path}" if mask_path else f"{photo}"
+        raise InputError(f"no person found in {source}: the mask covers {covered:.2%} of the image, below "
+                         f"preprocess.min_mask_fraction={cfg.min_mask_fraction:.2%}; check the mask or the photo")
+    return mask
+
+
+def recentre(rgb: np.ndarray, mask: np.ndarray, canvas: int, fill: float,
+             extra: list[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Crop to the mask's box, scale its long side to ``fill * canvas`` and centre it on the canvas.
+
+    Args:
+        rgb: ``[H, W, 3]`` float32 in [0, 1].
+        mask: ``[H, W]`` float32 in [0, 1].
+        canvas: side of the output square.
+        fill: fraction of the canvas the long side of the box covers.
+        extra: more ``[H, W, ...]`` float32 maps moved by the same transform (depth, normal).
+
+    Returns:
+        ``rgb`` ``[canvas, canvas, 3]`` (background white), ``mask`` ``[canvas, canvas]`` and the
+        moved ``extra`` maps (background 0).
+    """
+    ys, xs = np.nonzero(mask > 0.5)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    scale = fill * canvas / max(y1 - y0, x1 - x0)
+    h, w = max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))
+    oy, ox = (canvas - h) // 2, (canvas - w) // 2
+
+    def place(a: np.ndarray, bg: float) -> np.ndarray:
+        crop = torch.from_numpy(np.ascontiguousarray(a[y0:y1, x0:x1])).float()
+        crop = crop[..., None] if crop.ndim == 2 else crop
+        resized = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
+                                                  antialias=True, align_corners=False)[0].permute(1, 2, 0)
+        out = np.full((canvas, canvas, crop.shape[-1]), bg, np.float32)
+        out[oy:oy + h, ox:ox + w] = resized.numpy()
+        return out if a.ndim == 3 else out[..., 0]
+
+    m = np.clip(place(mask, 0.0), 0, 1)
+    rgb_c = place(rgb * mask[..., None], 0.0) + (1.0 - m[..., None])  # premultiplied, then white background
+    return np.clip(rgb_c, 0, 1), m, [place(e, 0.0) for e in extra]
+
+
+def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str,
+        depth_normal: DepthNormalFn | None = None) -> Inputs:
+    """Photo -> :class:`Inputs`: validate, mask, estimate depth/normal on the uncropped photo, recentre.
+
+    Args:
+        photo: the input photo.
+        mask_path: optional mask file (white = person).
+        cfg: preprocess config.
+        prompt: text prompt to carry to the stages.
+        depth_normal: ``(rgb uint8 [H, W, 3], mask [H, W]) -> (depth [H, W] in [0, 1], normal [H, W, 3])``
+            or None when no estimator is available (``cfg.depth_normal`` must then not be ``required``).
+    """
+    img = read_photo(photo, cfg.max_pixels)
+    mask = person_mask(img, mask_path, cfg, photo)
+    rgb8 = np.asarray(img.convert("RGB"))
+    extra = []
+    if depth_normal is not None and cfg.depth_normal != "off":
+        depth, normal = depth_normal(rgb8, mask)
+        extra = [depth.astype(np.float32), normal.astype(np.float32)]
+    elif cfg.depth_normal == "required":
+        raise InputError("preprocess.depth_normal=required but no depth/normal estimator is available; "
+                         "check `geneman weights check` or set preprocess.depth_normal=auto")
+    elif cfg.depth_normal == "auto":
+        log.warning("no depth/normal estimator available: depth and normal maps are skipped for %s", photo)
+    rgb, m, moved = recentre(rgb8.astype(np.float32) / 255.0, mask, cfg.canvas, cfg.fill, extra)
+    depth_t = torch.from_numpy(moved[0]) if moved else None
+    normal_t = None
+    if moved:
+        n = torch.from_numpy(moved[1])
+        normal_t = torch.nn.functional.normalize(n, dim=-1) * (torch.from_numpy(m)[..., None] > 0.5)
+    return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t, prompt=prompt)

@@ -1,0 +1,227 @@
+"""Run the stages in order through the stage interface, skipping what is done, resuming what was cut.
+
+Each stage module exposes ``Config``, ``FOLDER``, ``run(cfg, inputs, previous, priors, ckpt) ->
+Result`` and ``Result`` with ``save(folder)`` / ``load(folder)``. The runner hands one stage's
+Result to the next; nothing here knows what a stage does.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline import preprocess
+from pipeline.checkpoint import Checkpointer
+from pipeline.config import RunConfig, digest, to_dict
+from pipeline.errors import ConfigError, GenemanError, Interrupted, StageFailed, StageNotBuilt
+from pipeline.progress import Progress
+from pipeline.signals import StopSignals
+from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, now
+from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
+from stages.inputs import Inputs
+
+log = logging.getLogger("geneman")
+
+#: Fields of ``cfg.priors`` that change memory or location but not results: not hashed.
+UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload")
+DEFAULT_PROMPT = "a photo of a person"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage as the runner sees it: its config key, its folder and its module."""
+
+    name: str
+    folder: str
+    module: Any
+
+
+DEFAULT_STAGES: tuple[StageSpec, ...] = tuple(
+    StageSpec(m.__name__.rsplit(".", 1)[-1], m.FOLDER, m)
+    for m in (geometry_init, geometry_sculpt, texture_coarse, texture_refine))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stage_names(stages: Sequence[StageSpec]) -> list[str]:
+    """Names accepted by ``--from-stage``."""
+    return ["preprocess"] + [s.name for s in stages]
+
+
+def check_stage_name(name: str, stages: Sequence[StageSpec]) -> None:
+    """Raise ConfigError naming the nearest stage when ``name`` is not one."""
+    names = stage_names(stages)
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise ConfigError(f"unknown stage '{name}'; {hint}stages: {', '.join(names)}")
+
+
+class Runner:
+    """Drive one run folder from preprocess to the last stage.
+
+    Args:
+        store: the run folder, its manifest loaded or created.
+        cfg: the resolved run config.
+        stages: the stage specs, in order.
+        priors: whatever the stages take as priors (loaded once by the caller).
+        depth_normal: depth/normal estimator for preprocess, or None.
+        quiet: no progress output.
+        stop: stop-signal flag (installed by the caller).
+    """
+
+    def __init__(self, store: RunStore, cfg: RunConfig, stages: Sequence[StageSpec] = DEFAULT_STAGES,
+                 priors: Any = None, depth_normal: Callable | None = None, quiet: bool = False,
+                 stop: StopSignals | None = None):
+        self.store, self.cfg, self.stages, self.priors = store, cfg, tuple(stages), priors
+        self.depth_normal, self.quiet = depth_normal, quiet
+        self.stop = stop or StopSignals(())
+        self._last_write = 0.0
+
+    def run(self, from_stage: str | None = None) -> Any:
+        """Run every stage not yet done; return the last stage's Result."""
+        if from_stage:
+            check_stage_name(from_stage, self.stages)
+            self._invalidate_from(stage_names(self.stages).index(from_stage))
+        self._set_status("running")
+        inputs, h = self._preprocess()
+        previous = None
+        for index, spec in enumerate(self.stages, start=1):
+            if self.stop.requested:
+                raise Interrupted(f"stopped by {self.stop.name} before {spec.name}; continue with `geneman resume`")
+            h = digest(spec.name, h, self.cfg.seed, to_dict(getattr(self.cfg, spec.name)), self._prior_key())
+            previous = self._stage(spec, index, inputs, previous, h)
+        self._set_status("done")
+        return previous
+
+    def _prior_key(self) -> dict:
+        d = to_dict(self.cfg.priors)
+        return {k: v for k, v in d.items() if k not in UNHASHED_PRIOR_FIELDS}
+
+    def _set_status(self, status: str, error: str = "") -> None:
+        self.store.manifest.status, self.store.manifest.error = status, error
+        self.store.save()
+
+    def _invalidate_from(self, index: int) -> None:
+        """Clear stage ``index`` (0 = preprocess) and every later one."""
+        specs = [(("preprocess"), PREPROCESS)] + [(s.name, s.folder) for s in self.stages]
+        for name, folder in specs[index:]:
+            rec = self.store.manifest.stages.get(name)
+            if rec is not None and rec.hash:
+                rec.hash, rec.state = "", "invalidated"
+            shutil.rmtree(self.store.folder(folder) / "result", ignore_errors=True)
+            shutil.rmtree(self.store.folder(folder) / "ckpt", ignore_errors=True)
+        self.store.save()
+
+    def _preprocess(self) -> tuple[Inputs, str]:
+        m = self.store.manifest
+        prompt = self.cfg.prompt or DEFAULT_PROMPT
+        h = digest("preprocess", m.input.get("sha256"), m.input.get("mask_sha256"), to_dict(self.cfg.preprocess), prompt)
+        rec = self.store.stage("preprocess")
+        folder = self.store.folder(PREPROCESS)
+        if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
+            return Inputs.load(folder / "result"), h
+        self._reset(rec, "preprocess", h, 1)
+        photo = folder / m.input["stored_photo"]
+        mask = folder / m.input["stored_mask"] if m.input.get("stored_mask") else None
+        inputs = preprocess.run(photo, mask, self.cfg.preprocess, prompt, self.depth_normal)
+        _save_result(inputs, folder)
+        self._finish(rec, 1)
+        return inputs, h
+
+    def _reset(self, rec, name: str, h: str, total: int) -> None:
+        """Start ``name`` afresh when its hash changed: clear it and every stage after it."""
+        if rec.hash != h:
+            names = stage_names(self.stages)
+            self._invalidate_from(names.index(name))
+            rec.hash, rec.step, rec.elapsed_s, rec.error = h, 0, 0.0, ""
+        rec.state, rec.total, rec.started, rec.error = "running", total, now(), ""
+        self._t0 = time.monotonic()
+        self.store.save()
+
+    def _finish(self, rec, step: int) -> None:
+        rec.state, rec.step, rec.finished = "done", step, now()
+        rec.elapsed_s += time.monotonic() - self._t0
+        self.store.save()
+
+    def _stage(self, spec: StageSpec, index: int, inputs: Inputs, previous: Any, h: str) -> Any:
+        rec = self.store.stage(spec.name)
+        folder = self.store.folder(spec.folder)
+        if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
+            log.info("%s: done before, loading its result", spec.name)
+            return spec.module.Result.load(folder / "result")
+        stage_cfg = getattr(self.cfg, spec.name)
+        if not hasattr(spec.module, "run"):
+            rec.hash, rec.state, rec.total = h, "not-built", stage_cfg.steps
+            self._set_status("blocked", f"stage {spec.name} is not built yet")
+            raise StageNotBuilt(f"stage {spec.name} is not built yet: the run stops here, after "
+                                f"{self._done_list(spec)}; outputs so far are in {self.store.root}")
+        self._reset(rec, spec.name, h, stage_cfg.steps)
+        seed_everything(self.cfg.seed + index)
+        progress = Progress(spec.name, stage_cfg.steps, self.cfg.progress_every_s, self.quiet)
+        ckpt = Checkpointer(folder / "ckpt", stage_cfg.steps, self.cfg.checkpoint.every_n_steps,
+                            self.cfg.checkpoint.keep_last, progress, self.stop,
+                            on_step=lambda step, saved: self._on_step(rec, step, saved))
+        try:
+            result = spec.module.run(stage_cfg, inputs, previous, self.priors, ckpt)
+        except BaseException as e:
+            self._stage_error(rec, spec, folder, e)
+            raise StageFailed(f"stage {spec.name} failed at step {rec.step}/{rec.total}: {rec.error} "
+                              f"(traceback in {folder / 'error.log'}; fix and `geneman resume {self.store.root}`)") from e
+        finally:
+            progress.close()
+        _save_result(result, folder)
+        self._finish(rec, stage_cfg.steps)
+        return result
+
+    def _done_list(self, spec: StageSpec) -> str:
+        names = stage_names(self.stages)
+        return ", ".join(names[: names.index(spec.name)])
+
+    def _on_step(self, rec, step: int, saved: bool) -> None:
+        rec.step = step
+        t = time.monotonic()
+        if saved or t - self._last_write > 5.0:
+            self._last_write = t
+            self.store.save()
+
+    def _stage_error(self, rec, spec: StageSpec, folder: Path, e: BaseException) -> None:
+        """Record an exception in run.json (and error.log) unless it is a clean stop."""
+        rec.elapsed_s += time.monotonic() - self._t0
+        if isinstance(e, Interrupted):
+            rec.state = "interrupted"
+            self._set_status("interrupted", str(e))
+            raise e
+        if isinstance(e, KeyboardInterrupt):
+            rec.state, rec.error = "interrupted", "KeyboardInterrupt"
+            self._set_status("interrupted", "KeyboardInterrupt")
+            raise e
+        rec.state = "failed"
+        rec.error = str(e).splitlines()[0] if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}".splitlines()[0]
+        atomic_write_bytes(folder / "error.log", "".join(traceback.format_exception(e)).encode())
+        self._set_status("failed", f"{spec.name}: {rec.error}")
+
+
+def _save_result(result: Any, folder: Path) -> None:
+    """Save a Result into ``folder/result`` whole or not at all (temp folder, then rename)."""
+    tmp = folder / "result.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result.save(tmp)
+    final = folder / "result"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)

@@ -1,0 +1,117 @@
+"""Start or resume a run folder: validate first, then lock, record and hand over to the runner.
+
+Bad input is refused before the run folder is touched, so an existing run is never damaged by
+a mistyped command.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from pipeline import preprocess
+from pipeline.config import RunConfig, from_yaml_file, to_yaml
+from pipeline.errors import InputError
+from pipeline.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
+from pipeline.signals import DEFAULT_SIGNALS, StopSignals
+from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, package_versions
+
+CONFIG = "config.yaml"
+log = logging.getLogger("geneman")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
+          stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = None,
+          depth_normal: Callable | None = None, from_stage: str | None = None, quiet: bool = False,
+          signals: Iterable[int] = DEFAULT_SIGNALS) -> Any:
+    """Run ``photo`` into the run folder ``out`` (continuing it when it holds a run of the same photo).
+
+    Returns:
+        The last stage's Result.
+
+    Raises:
+        InputError: bad photo or mask, or ``out`` holds a run of another photo.
+        GenemanError: whatever the runner raises (stage not built, failed, interrupted).
+    """
+    photo, out = Path(photo), Path(out)
+    if from_stage:
+        check_stage_name(from_stage, stages)
+    img = preprocess.read_photo(photo, cfg.preprocess.max_pixels)
+    preprocess.person_mask(img, mask, cfg.preprocess, photo)
+    sha = sha256_file(photo)
+    mask_sha = sha256_file(mask) if mask else ""
+    store = RunStore(out)
+    if store.exists():
+        held = store.load().input
+        if (held.get("sha256"), held.get("mask_sha256", "")) != (sha, mask_sha):
+            raise InputError(f"{out} holds a run of {held.get('path')} (another photo or mask); "
+                             "choose another -o folder, or `geneman resume` that run")
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty, and is not a geneman run folder; choose another -o folder")
+    with store.lock():
+        _record_input(store, photo, mask, sha, mask_sha)
+        store.write_text(CONFIG, to_yaml(cfg))
+        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
+
+
+def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = None,
+           depth_normal: Callable | None = None, from_stage: str | None = None, quiet: bool = False,
+           signals: Iterable[int] = DEFAULT_SIGNALS, cfg: RunConfig | None = None) -> Any:
+    """Continue the run in ``out`` with its stored config (or ``cfg``, which invalidates what it changes)."""
+    out = Path(out)
+    store = RunStore(out)
+    store.load()
+    if from_stage:
+        check_stage_name(from_stage, stages)
+    with store.lock():
+        store.load()
+        if cfg is None:
+            cfg = from_yaml_file(out / CONFIG)
+        else:
+            store.write_text(CONFIG, to_yaml(cfg))
+        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
+
+
+def load_run_config(out: Path) -> RunConfig:
+    """The resolved config stored in a run folder."""
+    return from_yaml_file(Path(out) / CONFIG)
+
+
+def _record_input(store: RunStore, photo: Path, mask: Path | None, sha: str, mask_sha: str) -> None:
+    """Copy the photo (and mask) into the run folder once, and describe them in the manifest."""
+    m = store.manifest
+    folder = store.folder(PREPROCESS)
+    stored = "photo" + photo.suffix.lower()
+    if not (folder / stored).is_file():
+        atomic_write_bytes(folder / stored, photo.read_bytes())
+    m.input.update({"path": str(photo.resolve()), "sha256": sha, "stored_photo": stored})
+    if mask is not None:
+        stored_mask = "mask_input" + mask.suffix.lower()
+        if not (folder / stored_mask).is_file():
+            atomic_write_bytes(folder / stored_mask, mask.read_bytes())
+        m.input.update({"mask_path": str(mask.resolve()), "mask_sha256": mask_sha, "stored_mask": stored_mask})
+    store.save()
+
+
+def _run(store: RunStore, cfg: RunConfig, stages, priors, depth_normal, from_stage, quiet, signals) -> Any:
+    m = store.manifest
+    m.versions, m.host, m.pid = package_versions(), socket.gethostname(), os.getpid()
+    store.save()
+    with StopSignals(signals) as stop:
+        runner = Runner(store, cfg, stages, priors=priors, depth_normal=depth_normal, quiet=quiet, stop=stop)
+        result = runner.run(from_stage=from_stage)
+    for path in result.export(store.folder("final"), list(cfg.export.formats)):
+        log.info("wrote %s", path)
+    return result

@@ -1,0 +1,82 @@
+"""``geneman status``: a table per run folder (stage, step/total, state, elapsed, last error)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.progress import format_eta
+from pipeline.runner import DEFAULT_STAGES
+from pipeline.store import LOCK, RunStore, StageRecord
+
+COLUMNS = ("stage", "step/total", "state", "elapsed", "last error")
+
+
+def lock_holder(root: Path) -> dict | None:
+    """The live process holding ``root``'s lock, or None (no lock, or its process is gone)."""
+    try:
+        holder = json.loads((root / LOCK).read_text())
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder  # cannot check a process on another host: trust the lock
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return None
+    except PermissionError:
+        pass
+    return holder
+
+
+def stage_rows(store: RunStore, live: bool) -> list[tuple[str, ...]]:
+    """One row per stage: manifest order, then the default stages not reached yet."""
+    records = dict(store.manifest.stages)
+    for name in ["preprocess"] + [s.name for s in DEFAULT_STAGES]:
+        records.setdefault(name, StageRecord())
+    rows = []
+    for name, rec in records.items():
+        state = rec.state
+        if state == "running" and not live:
+            state = "stopped (process gone; resume it)"
+        total = f"{rec.step}/{rec.total}" if rec.total else "-"
+        elapsed = format_eta(rec.elapsed_s) if rec.elapsed_s else "-"
+        rows.append((name, total, state, elapsed, rec.error))
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = COLUMNS) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def run_status(root: Path) -> str:
+    """The status block of one run folder."""
+    store = RunStore(root)
+    m = store.load()
+    holder = lock_holder(root)
+    status = m.status
+    if status == "running" and holder is None:
+        status = "stopped (process gone; `geneman resume` it)"
+    head = f"{root}: {status}"
+    if m.input.get("path"):
+        head += f"  photo={Path(m.input['path']).name}"
+    if holder:
+        head += f"  (pid {holder.get('pid')} on {holder.get('host')})"
+    if m.error:
+        head += f"\n  error: {m.error}"
+    return head + "\n" + format_table(stage_rows(store, holder is not None))
+
+
+def status_text(roots: list[Path]) -> str:
+    """Status blocks of several run folders; a folder that is not a run is an error."""
+    blocks = []
+    for root in roots:
+        if not (Path(root) / "run.json").is_file():
+            raise InputError(f"{root} is not a geneman run folder (no run.json)")
+        blocks.append(run_status(Path(root)))
+    return "\n\n".join(blocks)

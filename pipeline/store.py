@@ -1,0 +1,220 @@
+"""The run folder: ``run.json`` manifest, resolved ``config.yaml``, one folder per stage, a lock.
+
+Every file here is written atomically (temp file, fsync, rename), so a kill at any instant leaves
+either the old or the new version, never half of one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import InputError, LockError
+
+log = logging.getLogger("geneman")
+
+MANIFEST = "run.json"
+LOCK = ".lock"
+PREPROCESS = "00_preprocess"
+
+
+def now() -> str:
+    """UTC timestamp, ISO 8601, seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StageRecord:
+    """What run.json says about one stage."""
+
+    state: str = "pending"
+    """pending | running | done | failed | interrupted | invalidated | not-built"""
+    hash: str = ""
+    step: int = 0
+    total: int = 0
+    started: str = ""
+    finished: str = ""
+    elapsed_s: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Manifest:
+    """The content of ``run.json``."""
+
+    input: dict = field(default_factory=dict)
+    status: str = "created"
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    created: str = field(default_factory=now)
+    updated: str = ""
+    error: str = ""
+    versions: dict = field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        m = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "stages"})
+        m.stages = {k: StageRecord(**v) for k, v in d.get("stages", {}).items()}
+        return m
+
+
+def package_versions() -> dict:
+    """Versions of python and the packages that decide the numbers."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("geneman", "torch", "numpy", "diffusers", "transformers", "omegaconf", "trimesh"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+class RunStore:
+    """One run folder. Construct, then :meth:`load` or :meth:`create` the manifest."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest = Manifest()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def exists(self) -> bool:
+        """True when the folder holds a run (a manifest)."""
+        return self.manifest_path.is_file()
+
+    def load(self) -> Manifest:
+        """Read ``run.json``."""
+        try:
+            self.manifest = Manifest.from_dict(json.loads(self.manifest_path.read_text()))
+        except FileNotFoundError:
+            raise InputError(f"{self.root} is not a geneman run folder (no {MANIFEST}); start one with `geneman run`") from None
+        except (json.JSONDecodeError, TypeError) as e:
+            raise InputError(f"{self.manifest_path} is unreadable ({e}); the run folder is damaged") from None
+        return self.manifest
+
+    def save(self) -> None:
+        """Write ``run.json`` atomically."""
+        self.manifest.updated = now()
+        data = asdict(self.manifest)
+        atomic_write_bytes(self.manifest_path, (json.dumps(data, indent=2) + "\n").encode())
+
+    def stage(self, name: str) -> StageRecord:
+        """The record of stage ``name`` (created pending when new)."""
+        return self.manifest.stages.setdefault(name, StageRecord())
+
+    def folder(self, name: str) -> Path:
+        """The folder of a stage (``00_preprocess``, ``01_geometry_init``, ...)."""
+        return self.root / name
+
+    def clear_folder(self, name: str) -> None:
+        """Delete a stage folder's content (its results are invalid)."""
+        shutil.rmtree(self.folder(name), ignore_errors=True)
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Atomically write a text file inside the run folder."""
+        atomic_write_bytes(self.root / rel, text.encode())
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder's lock for the duration of the block.
+
+        The lock is a file created exclusively, holding host and pid. A lock left by a dead
+        process on this host is taken over with a warning; a live one raises :class:`LockError`.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now(), "argv": sys.argv[:3]}
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                _take_over_if_stale(path)
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        try:
+            yield
+        finally:
+            try:
+                if json.loads(path.read_text()).get("pid") == me["pid"]:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_over_if_stale(path: Path) -> None:
+    """Remove ``path`` when the process that holds it is dead; raise LockError when it lives."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    host, pid = holder.get("host"), holder.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        log.warning("taking over stale lock %s of dead process %s (since %s)", path, pid, holder.get("since", "?"))
+        path.unlink(missing_ok=True)
+        return
+    if not holder:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age < 5:  # its creator may not have written its pid yet
+            time.sleep(0.05)
+            return
+        log.warning("taking over unreadable lock %s", path)
+        path.unlink(missing_ok=True)
+        return
+    raise LockError(f"{path.parent} is in use by pid {pid} on {host} since {holder.get('since', '?')}; "
+                    f"wait for it, or delete {path} if that process is gone")
