@@ -1,0 +1,138 @@
+"""Every prior's networks at tiny size, built from the same classes as the real ones.
+
+Used by the tests and by CPU smoke runs: no downloaded weight is needed. Sizes keep the real
+wiring (SD-style UNet with cross-attention, 8-channel Zero-1-to-3 UNet, ControlNet whose
+conditioning embedding matches the VAE's downsampling) while running in milliseconds.
+
+Example:
+    >>> parts = sd_parts(seed=0)
+    >>> parts.unet.config.in_channels, parts.vae.config.latent_channels
+    (4, 4)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection)
+
+WIDTH = 32
+"""Cross-attention / text / image embedding width of the tiny models."""
+LDM_YAML = {
+    "model": {"params": {
+        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
+        "unet_config": {"params": {
+            "image_size": 16, "in_channels": 8, "out_channels": 4, "model_channels": 32,
+            "attention_resolutions": [1], "num_res_blocks": 2, "channel_mult": [1, 2], "num_heads": 2,
+            "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": WIDTH, "legacy": False}},
+        "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": {
+            "double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+            "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}},
+    }},
+}
+"""A tiny Zero-1-to-3 LDM yaml (same keys as the release's ``prior_3d.yaml``)."""
+
+
+@dataclass
+class SDParts:
+    """The networks of one SD 1.5-family pipeline."""
+
+    vae: AutoencoderKL
+    """Image <-> latent autoencoder."""
+    unet: UNet2DConditionModel
+    """Noise predictor."""
+    text_encoder: CLIPTextModel
+    """Prompt encoder."""
+    tokenizer: CLIPTokenizer
+    """Prompt tokenizer."""
+    scheduler: DDIMScheduler
+    """Noise schedule (SD 1.5: scaled-linear betas 0.00085..0.012, 1000 steps)."""
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable characters CLIP's byte-level BPE uses for the 256 byte values."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    extra = [b for b in range(256) if b not in keep]
+    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
+
+
+def tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges, built locally (514 tokens)."""
+    chars = _byte_chars()
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def text_encoder(seed: int = 0) -> CLIPTextModel:
+    """A 2-layer CLIP text encoder of width :data:`WIDTH` for :func:`tokenizer`."""
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=514, hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=WIDTH,
+                         bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    return CLIPTextModel(cfg).eval()
+
+
+def image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
+    """A 2-layer CLIP image encoder (32 px input, quick-GELU as OpenAI CLIP) with projection."""
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=WIDTH, hidden_act="quick_gelu")
+    return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def unet(in_channels: int = 4, seed: int = 0) -> UNet2DConditionModel:
+    """SD-style UNet: two levels (cross-attention, plain), two resnets each, 2 heads."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=2, cross_attention_dim=WIDTH, attention_head_dim=2).eval()
+
+
+def vae(seed: int = 0) -> AutoencoderKL:
+    """Two-level KL autoencoder (downsampling 2) with SD's latent scaling factor."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=32, scaling_factor=0.18215).eval()
+
+
+def controlnet(seed: int = 0) -> ControlNetModel:
+    """ControlNet matching :func:`unet`, its conditioning embedding downsampling 2 as :func:`vae`."""
+    torch.manual_seed(seed)
+    return ControlNetModel(
+        in_channels=4, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        layers_per_block=2, cross_attention_dim=WIDTH, attention_head_dim=2,
+        conditioning_embedding_out_channels=(16, 32)).eval()
+
+
+def scheduler() -> DDIMScheduler:
+    """SD 1.5's noise schedule (the real one: schedules have no weights)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def sd_parts(seed: int = 0, unet_in_channels: int = 4) -> SDParts:
+    """A complete tiny SD 1.5-family pipeline."""
+    return SDParts(vae(seed), unet(unet_in_channels, seed), text_encoder(seed), tokenizer(), scheduler())
+
+
+class TinySapiens(torch.nn.Module):
+    """Stand-in with Sapiens' interface: [B,3,1024,768] normalised image -> half-resolution map."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.nn.functional.avg_pool2d(x, 2))
+
+
+def write_sapiens(path: str, kind: str, seed: int = 0) -> None:
+    """Write a TorchScript file with Sapiens' interface (``kind``: ``normal`` or ``depth``)."""
+    torch.manual_seed(seed)
+    module = torch.jit.script(TinySapiens(3 if kind == "normal" else 1))
+    torch.jit.save(module, path)

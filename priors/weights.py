@@ -1,0 +1,230 @@
+"""Weight resolution: which pretrained files each stage needs, where they are, and fetching them.
+
+Every weight is named by a hub id and the files inside it. A weight is found either in
+``<weights_dir>/<hub id>/<file>`` (when ``Config.weights_dir`` is set) or in the Hugging Face
+cache. Loading code only ever reads a local folder returned by :func:`resolve`; a missing file
+raises :class:`MissingWeightError` naming the id, the file and the folder expected.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from priors.config import Config
+
+STAGES = ("preprocess", "geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine")
+"""Stage names as the run store names its folders (without the number)."""
+
+_UNET = (("unet/config.json",), ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"))
+_SD_PARTS = (
+    ("vae/config.json",), ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"),
+    ("text_encoder/config.json",), ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin"),
+    ("tokenizer/vocab.json", "tokenizer/tokenizer.json"), ("scheduler/scheduler_config.json",),
+)
+
+
+class MissingWeightError(ValueError):
+    """A pretrained weight file is neither in the weights folder nor in the Hugging Face cache."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One pretrained weight: a hub repository and the files a prior reads from it."""
+
+    key: str
+    """Short name of the network (``sd15``, ``prior_2d``, ...)."""
+    repo_id: str
+    """Hugging Face id, or an absolute local folder."""
+    files: tuple[tuple[str, ...], ...]
+    """Required files relative to the repository root; each entry lists accepted alternatives."""
+    purpose: str = ""
+    """What the network does, for reports."""
+    repo_type: str = "model"
+    """``model`` or ``dataset``."""
+
+
+@dataclass
+class CheckRow:
+    """Result of looking for one weight: where it was looked for and which files are missing."""
+
+    spec: WeightSpec
+    """The weight looked for."""
+    folder: str
+    """Folder that holds (or should hold) the files."""
+    missing: list[str] = field(default_factory=list)
+    """Required files not found (alternatives joined by ``|``)."""
+
+    @property
+    def found(self) -> bool:
+        """True when every required file exists."""
+        return not self.missing
+
+
+def _sd_spec(key: str, repo: str, purpose: str, unet: bool = True, controlnet: bool = False) -> WeightSpec:
+    if controlnet:
+        files = (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
+    else:
+        files = _SD_PARTS + (_UNET if unet else ())
+    return WeightSpec(key, repo, files, purpose)
+
+
+def all_weights(cfg: Config) -> dict[str, WeightSpec]:
+    """Every weight the priors can load, by key."""
+    g2d = cfg.prior_2d_subfolder
+    unet_2d = ((f"{g2d}/config.json",), (f"{g2d}/diffusion_pytorch_model.safetensors",
+                                         f"{g2d}/diffusion_pytorch_model.bin"))
+    if cfg.prior_3d_diffusers:
+        p3 = WeightSpec("prior_3d", cfg.prior_3d_diffusers, (("unet/config.json",), ("vae/config.json",),
+                        ("image_encoder/config.json",), ("cc_projection/config.json",)),
+                        "GeneMAN 3D prior (diffusers format)")
+    else:
+        p3 = WeightSpec("prior_3d", cfg.geneman_repo, ((cfg.prior_3d_ckpt,), (cfg.prior_3d_yaml,)),
+                        "GeneMAN 3D prior (LDM format, Zero-1-to-3)", "dataset")
+    return {
+        "sd15": _sd_spec("sd15", cfg.sd15, "SD 1.5 VAE, text encoder, tokenizer, scheduler", unet=False),
+        "prior_2d": WeightSpec("prior_2d", cfg.geneman_repo, unet_2d, "GeneMAN 2D prior UNet", "dataset"),
+        "prior_3d": p3,
+        "normal_adapted": _sd_spec("normal_adapted", cfg.normal_adapted, "HumanNorm normal-adapted SD 1.5"),
+        "depth_adapted": _sd_spec("depth_adapted", cfg.depth_adapted, "HumanNorm depth-adapted SD 1.5"),
+        "normal_aligned": _sd_spec("normal_aligned", cfg.normal_aligned, "HumanNorm normal-aligned SD 1.5",
+                                   unet=False),
+        "controlnet_normal": _sd_spec("controlnet_normal", cfg.controlnet_normal, "normal ControlNet",
+                                      controlnet=True),
+        "sapiens_normal": WeightSpec("sapiens_normal", cfg.sapiens_normal, ((cfg.sapiens_normal_file,),),
+                                     "Sapiens normal estimator"),
+        "sapiens_depth": WeightSpec("sapiens_depth", cfg.sapiens_depth, ((cfg.sapiens_depth_file,),),
+                                    "Sapiens depth estimator"),
+    }
+
+
+STAGE_WEIGHTS = {
+    "preprocess": ("sapiens_normal", "sapiens_depth"),
+    "geometry_init": ("sd15", "prior_2d", "prior_3d"),
+    "geometry_sculpt": ("normal_adapted", "depth_adapted"),
+    "texture_coarse": ("sd15", "prior_2d", "prior_3d"),
+    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal"),
+}
+"""Weights each stage loads (keys of :func:`all_weights`)."""
+
+
+def required_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[WeightSpec]:
+    """Weights the given stages need, each once, in stage order.
+
+    Args:
+        cfg: the run's ``cfg.priors``.
+        stages: stage names from :data:`STAGES` (default: all of them).
+    """
+    specs, keys = all_weights(cfg), []
+    for stage in stages:
+        if stage not in STAGE_WEIGHTS:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        keys += [k for k in STAGE_WEIGHTS[stage] if k not in keys]
+    return [specs[k] for k in keys]
+
+
+def local_folder(cfg: Config, spec: WeightSpec) -> Path:
+    """Folder where ``spec`` is expected under ``cfg.weights_dir`` (or an absolute repo path)."""
+    if os.path.isabs(spec.repo_id):
+        return Path(spec.repo_id)
+    return Path(cfg.weights_dir).expanduser() / spec.repo_id
+
+
+def _cache_root(spec: WeightSpec, alternatives: tuple[str, ...]) -> Path | None:
+    """Snapshot folder of the Hugging Face cache holding one of ``alternatives``, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for rel in alternatives:
+        hit = try_to_load_from_cache(spec.repo_id, rel, repo_type=spec.repo_type)
+        if isinstance(hit, str):
+            return Path(hit[: -len(rel)].rstrip("/"))
+    return None
+
+
+def check_one(cfg: Config, spec: WeightSpec) -> CheckRow:
+    """Look for every file of ``spec``; the row names the folder and the missing files."""
+    if cfg.weights_dir or os.path.isabs(spec.repo_id):
+        root = local_folder(cfg, spec)
+        missing = ["|".join(alts) for alts in spec.files if not any((root / a).is_file() for a in alts)]
+        return CheckRow(spec, str(root), missing)
+    roots = [_cache_root(spec, alts) for alts in spec.files]
+    found = next((r for r in roots if r is not None), None)
+    folder = str(found) if found else f"Hugging Face cache ({spec.repo_type} {spec.repo_id})"
+    missing = ["|".join(alts) for alts, r in zip(spec.files, roots) if r is None]
+    return CheckRow(spec, folder, missing)
+
+
+def check(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[CheckRow]:
+    """What ``geneman weights check`` reports: one row per weight the stages need.
+
+    The CLI passes ``cfg.priors`` (with ``weights_dir`` set from ``--weights DIR``) and the stage
+    names it will run (default: all five of :data:`STAGES`); print ``format_report(rows)``.
+    """
+    return [check_one(cfg, spec) for spec in required_weights(cfg, stages)]
+
+
+def format_report(rows: list[CheckRow]) -> str:
+    """Table of found / missing weights with the exact folder layout expected for missing ones."""
+    lines = [f"{'network':<18} {'status':<8} {'id':<42} folder"]
+    for row in rows:
+        status = "found" if row.found else "MISSING"
+        lines.append(f"{row.spec.key:<18} {status:<8} {row.spec.repo_id:<42} {row.folder}")
+        for rel in row.missing:
+            lines.append(f"{'':<28}missing file: {rel}")
+    n_missing = sum(not r.found for r in rows)
+    lines.append(f"{len(rows) - n_missing}/{len(rows)} weights found" +
+                 ("; run `geneman weights pull` or copy the files to the folders above" if n_missing else ""))
+    return "\n".join(lines)
+
+
+def missing_error(row: CheckRow) -> MissingWeightError:
+    """The one-line error for a weight that is not complete."""
+    return MissingWeightError(
+        f"missing weight {row.spec.key}: id {row.spec.repo_id!r}, file(s) {', '.join(row.missing)}, "
+        f"expected in {row.folder}; run `geneman weights pull` or copy them there (layout: "
+        f"<weights_dir>/<id>/<file>)")
+
+
+def resolve(cfg: Config, spec: WeightSpec) -> Path:
+    """Local root folder of ``spec`` with every file present, else :class:`MissingWeightError`."""
+    row = check_one(cfg, spec)
+    if not row.found:
+        raise missing_error(row)
+    return Path(row.folder)
+
+
+def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> None:
+    """Stop before any stage starts when a weight is missing.
+
+    The runner calls this with ``cfg.priors`` and the stage names it will run; the error lists
+    every missing id, file and the folder looked in, one per line.
+    """
+    errors = [str(missing_error(r)) for r in check(cfg, stages) if not r.found]
+    if errors:
+        raise MissingWeightError("\n".join(errors))
+
+
+def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
+    """Download every missing weight the stages need (``geneman weights pull``), with progress bars.
+
+    The CLI passes ``cfg.priors`` and the stage names; files go to ``<weights_dir>/<id>/`` when
+    ``weights_dir`` is set, else to the Hugging Face cache. Returns one line per weight
+    (``downloaded``, ``already present`` or the download error) for the CLI to print.
+    """
+    from huggingface_hub import snapshot_download
+
+    report = []
+    for row in check(cfg, stages):
+        if row.found:
+            report.append(f"{row.spec.key}: already present in {row.folder}")
+            continue
+        patterns = [a for alts in row.spec.files for a in alts]
+        patterns += [os.path.dirname(p) + "/*.json" for p in patterns if "/" in p]
+        local = str(local_folder(cfg, row.spec)) if cfg.weights_dir else None
+        try:
+            path = snapshot_download(row.spec.repo_id, repo_type=row.spec.repo_type, local_dir=local,
+                                     allow_patterns=sorted(set(patterns)))
+            report.append(f"{row.spec.key}: downloaded to {path}")
+        except Exception as err:  # network or hub errors are reported per weight, not fatal
+            report.append(f"{row.spec.key}: download failed ({type(err).__name__}: {err})")
+    return report
