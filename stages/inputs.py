@@ -1,0 +1,67 @@
+"""What preprocess hands to the stages: the recentred photo, its mask and optional depth/normal."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class Inputs:
+    """The reference view, on a square canvas, background painted white.
+
+    Attributes:
+        rgb: ``[H, W, 3]`` float32 in [0, 1].
+        mask: ``[H, W]`` float32 in [0, 1] (1 = person).
+        depth: ``[H, W]`` float32 in [0, 1], min-max normalised inside the mask (1 = near), or None.
+        normal: ``[H, W, 3]`` float32 unit camera-space normals inside the mask, or None.
+        prompt: text prompt of the 2D prior.
+    """
+
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    depth: torch.Tensor | None = None
+    normal: torch.Tensor | None = None
+    prompt: str = ""
+
+    def __post_init__(self):
+        h, w = self.mask.shape
+        assert self.rgb.shape == (h, w, 3), f"rgb {tuple(self.rgb.shape)} vs mask {(h, w)}"
+        assert self.depth is None or self.depth.shape == (h, w)
+        assert self.normal is None or self.normal.shape == (h, w, 3)
+
+    def save(self, folder: Path) -> None:
+        """Write ``inputs.safetensors`` (exact), ``meta.json`` and PNG views for people."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"rgb": self.rgb, "mask": self.mask}
+        if self.depth is not None:
+            tensors["depth"] = self.depth
+        if self.normal is not None:
+            tensors["normal"] = self.normal
+        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(folder / "inputs.safetensors"))
+        (folder / "meta.json").write_text(json.dumps({"prompt": self.prompt}, indent=2))
+        rgba = torch.cat([self.rgb, self.mask[..., None]], dim=-1)
+        _png(rgba, folder / "rgba.png")
+        _png(self.mask, folder / "mask.png")
+        if self.depth is not None:
+            _png(self.depth, folder / "depth.png")
+        if self.normal is not None:
+            _png(self.normal * 0.5 + 0.5, folder / "normal.png")
+
+    @classmethod
+    def load(cls, folder: Path) -> "Inputs":
+        """Read what :meth:`save` wrote."""
+        t = load_file(str(folder / "inputs.safetensors"))
+        meta = json.loads((folder / "meta.json").read_text())
+        return cls(rgb=t["rgb"], mask=t["mask"], depth=t.get("depth"), normal=t.get("normal"),
+                   prompt=meta.get("prompt", ""))
+
+
+def _png(x: torch.Tensor, path: Path) -> None:
+    arr = (x.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path)
