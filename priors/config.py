@@ -22,6 +22,8 @@ class Config:
     """LDM yaml of the 3D prior inside ``geneman_repo``."""
     prior_3d_diffusers: str = ""
     """Folder of a 3D prior already converted to diffusers format (used instead of the LDM files)."""
+    trust_prior_3d_pickle: bool = False
+    """Allow full unpickling of ``last.ckpt`` when it holds more than tensors (only for trusted files)."""
     normal_adapted: str = "xanderhuang/normal-adapted-sd1.5"
     """HumanNorm normal-adapted SD 1.5 (stage 2 guidance)."""
     depth_adapted: str = "xanderhuang/depth-adapted-sd1.5"

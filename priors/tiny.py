@@ -29,7 +29,7 @@ LDM_YAML = {
             "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": WIDTH, "legacy": False}},
         "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": {
             "double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-            "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}},
+            "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}},
     }},
 }
 """A tiny Zero-1-to-3 LDM yaml (same keys as the release's ``prior_3d.yaml``)."""
@@ -75,9 +75,10 @@ def text_encoder(seed: int = 0) -> CLIPTextModel:
 
 
 def image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
-    """A 2-layer CLIP image encoder (32 px input, quick-GELU as OpenAI CLIP) with projection."""
+    """A 2-layer CLIP image encoder shaped by OpenAI CLIP's rules (one head per 64 channels,
+    MLP 4x wide, quick-GELU), 32 px input, projecting to :data:`WIDTH`."""
     torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
                            image_size=32, patch_size=8, projection_dim=WIDTH, hidden_act="quick_gelu")
     return CLIPVisionModelWithProjection(cfg).eval()
 
@@ -98,6 +99,12 @@ def vae(seed: int = 0) -> AutoencoderKL:
         in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         sample_size=32, scaling_factor=0.18215).eval()
+
+
+def cc_projection(seed: int = 0) -> torch.nn.Linear:
+    """Zero-1-to-3's projection of [CLIP image embedding, 4 camera numbers] to the context width."""
+    torch.manual_seed(seed)
+    return torch.nn.Linear(WIDTH + 4, WIDTH)
 
 
 def controlnet(seed: int = 0) -> ControlNetModel:

@@ -1,0 +1,171 @@
+"""3D prior: Zero-1-to-3 score distillation (GeneMAN 3D prior, Zero-1-to-3 architecture).
+
+The UNet takes 8 channels: the noisy latent of the novel view concatenated with the (unscaled)
+VAE latent of the reference image. Its cross-attention context is one token: the CLIP image
+embedding of the reference concatenated with the relative camera (polar change, sin / cos of the
+azimuth change, distance change) and mapped by the learned linear ``cc_projection``
+(Zero-1-to-3, arXiv 2303.11328, Sec. 3.2). Unconditional = zero context and zero latent.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPVisionModelWithProjection
+
+from priors import memory, sds
+from priors.config import Config
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Zero123Parts:
+    """The networks of a Zero-1-to-3 model in diffusers / transformers classes."""
+
+    unet: UNet2DConditionModel
+    """8-channel-input noise predictor."""
+    vae: AutoencoderKL
+    """Autoencoder (SD's)."""
+    image_encoder: CLIPVisionModelWithProjection
+    """CLIP image encoder (OpenAI ViT-L/14 in the real model)."""
+    cc_projection: torch.nn.Linear
+    """[image embedding, 4 camera numbers] -> context width."""
+    scheduler: DDIMScheduler
+    """Noise schedule from the LDM yaml."""
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the diffusers-format folder :meth:`from_pretrained` reads."""
+        folder = Path(folder)
+        self.unet.save_pretrained(folder / "unet")
+        self.vae.save_pretrained(folder / "vae")
+        self.image_encoder.save_pretrained(folder / "image_encoder")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        (folder / "cc_projection").mkdir(parents=True, exist_ok=True)
+        cfg = {"in_features": self.cc_projection.in_features, "out_features": self.cc_projection.out_features}
+        (folder / "cc_projection" / "config.json").write_text(json.dumps(cfg))
+        state = {k: v.contiguous() for k, v in self.cc_projection.state_dict().items()}
+        save_file(state, str(folder / "cc_projection" / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "Zero123Parts":
+        """Load a folder written by :meth:`save_pretrained` (local files only)."""
+        folder = Path(folder)
+        cfg = json.loads((folder / "cc_projection" / "config.json").read_text())
+        proj = torch.nn.Linear(cfg["in_features"], cfg["out_features"])
+        proj.load_state_dict(load_file(str(folder / "cc_projection" / "model.safetensors")))
+        return cls(UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
+                   AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
+                   CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
+                   proj, DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True))
+
+
+def relative_camera(elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
+                    ref: tuple[float, float, float]) -> torch.Tensor:
+    """[B, 1, 4] Zero-1-to-3 camera: (polar change in rad, sin / cos azimuth change, distance change).
+
+    Zero-1-to-3's polar angle is 90 - elevation, so the polar change is ``ref_elev - elev``.
+
+    Example:
+        >>> relative_camera(torch.tensor([0.]), torch.tensor([90.]), torch.tensor([3.]), (0., 0., 3.)).squeeze()
+        tensor([0.0000e+00, 1.0000e+00, -4.3711e-08, 0.0000e+00])
+    """
+    ref_elev, ref_azim, ref_dist = ref
+    d_azim = torch.deg2rad(azimuth - ref_azim)
+    cam = [torch.deg2rad(ref_elev - elevation), torch.sin(d_azim), torch.cos(d_azim), distance - ref_dist]
+    return torch.stack(cam, dim=-1)[:, None, :].float()
+
+
+class Zero123SDS:
+    """SDS with a Zero-1-to-3 model conditioned on the reference photo and the relative camera.
+
+    Args:
+        parts: the networks.
+        weighting: SDS weight w(t) (see :func:`priors.sds.sds_weight`).
+        cond_size: side the reference image is resized to for its VAE latent (256 in the release).
+    """
+
+    def __init__(self, parts: Zero123Parts, weighting: str = "sds", cond_size: int = 256):
+        self.parts, self.weighting, self.cond_size = parts, weighting, cond_size
+        self.num_train_timesteps = parts.scheduler.config.num_train_timesteps
+        self.c_crossattn: torch.Tensor | None = None
+        self.c_concat: torch.Tensor | None = None
+        self.ref = (0.0, 0.0, 3.0)
+
+    @classmethod
+    def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "Zero123SDS":
+        """Load the 3D prior: a diffusers folder if ``cfg.prior_3d_diffusers`` is set, else the LDM files."""
+        from priors import zero123_ldm
+        from priors.weights import all_weights, resolve
+
+        root = resolve(cfg, all_weights(cfg)["prior_3d"])
+        if cfg.prior_3d_diffusers:
+            parts = Zero123Parts.from_pretrained(root)
+        else:
+            parts = zero123_ldm.load_ldm(root / cfg.prior_3d_ckpt, root / cfg.prior_3d_yaml,
+                                         trusted=cfg.trust_prior_3d_pickle)
+        for name in ("unet", "vae", "image_encoder", "cc_projection"):
+            setattr(parts, name, memory.prepare(getattr(parts, name), cfg, device))
+        return cls(parts, cfg.weighting)
+
+    @torch.no_grad()
+    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
+        """Embed the reference photo [1,3,H,W] in [0,1] (white background) taken from the given camera."""
+        p = self.parts
+        img = F.interpolate(image, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
+        size = p.image_encoder.config.image_size
+        clip_in = F.interpolate((img + 1.0) / 2.0, (size, size), mode="bicubic", align_corners=True)
+        mean, std = (torch.tensor(v, device=img.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+        clip_in = ((clip_in - mean) / std).to(p.image_encoder.dtype)
+        self.c_crossattn = p.image_encoder(pixel_values=clip_in).image_embeds[:, None].float()
+        self.c_concat = p.vae.encode(img.to(p.vae.dtype)).latent_dist.mode().float()
+        self.ref = (float(elevation), float(azimuth), float(distance))
+
+    def encode_images(self, images: torch.Tensor, size: int | None = 256,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable."""
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
+        vae = self.parts.vae
+        z = vae.encode((images * 2.0 - 1.0).to(vae.dtype)).latent_dist.sample(generator)
+        return (z * vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def predict_noise(self, latents_noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
+                      guidance_scale: float) -> torch.Tensor:
+        """Guided noise prediction for [B,4,h,w] noisy latents seen from ``camera`` [B,1,4]."""
+        if self.c_crossattn is None:
+            raise RuntimeError("Zero123SDS.set_reference must be called before guidance")
+        p, n = self.parts, latents_noisy.shape[0]
+        # 1. context: cc_projection([CLIP(ref), camera]); unconditional context is zero (Sec. 3.2)
+        ctx = p.cc_projection(torch.cat([self.c_crossattn.expand(n, -1, -1), camera], dim=-1).to(p.cc_projection.weight.dtype))
+        ctx = torch.cat([torch.zeros_like(ctx), ctx])
+        # 2. input: [z_t, latent of the reference] on 8 channels; unconditional latent is zero
+        concat = self.c_concat.expand(n, -1, -1, -1)
+        x = torch.cat([torch.cat([latents_noisy] * 2), torch.cat([torch.zeros_like(concat), concat])], dim=1)
+        eps = p.unet(x.to(p.unet.dtype), torch.cat([t] * 2), encoder_hidden_states=ctx.to(p.unet.dtype)).sample
+        eps_uncond, eps_cond = eps.float().chunk(2)
+        # 3. classifier-free guidance, standard form (as the release's Zero-1-to-3 guidance)
+        return sds.classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
+
+    def __call__(self, images: torch.Tensor, elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
+                 t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 256,
+                 noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> sds.SDSOutput:
+        """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each)."""
+        latents = self.encode_images(images, encode_size, generator)
+        if t is None:
+            t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        latents_noisy = self.parts.scheduler.add_noise(latents.detach(), noise, t)
+        camera = relative_camera(elevation, azimuth, distance, self.ref).to(latents.device)
+        noise_pred = self.predict_noise(latents_noisy, t, camera, guidance_scale)
+        return sds.sds_from_prediction(latents, noise, noise_pred, t, self.parts.scheduler.alphas_cumprod,
+                                       self.weighting)
