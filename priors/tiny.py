@@ -108,12 +108,21 @@ def cc_projection(seed: int = 0) -> torch.nn.Linear:
 
 
 def controlnet(seed: int = 0) -> ControlNetModel:
-    """ControlNet matching :func:`unet`, its conditioning embedding downsampling 2 as :func:`vae`."""
+    """ControlNet matching :func:`unet`, its conditioning embedding downsampling 2 as :func:`vae`.
+
+    A new ControlNet's output convolutions are zero (it starts as a no-op); here they are drawn at
+    random, as after training, so the control image changes the result.
+    """
     torch.manual_seed(seed)
-    return ControlNetModel(
+    model = ControlNetModel(
         in_channels=4, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         layers_per_block=2, cross_attention_dim=WIDTH, attention_head_dim=2,
         conditioning_embedding_out_channels=(16, 32)).eval()
+    zero_init = [model.controlnet_cond_embedding.conv_out, model.controlnet_mid_block, *model.controlnet_down_blocks]
+    with torch.no_grad():
+        for conv in zero_init:
+            conv.weight.normal_(0.0, 0.1)
+    return model
 
 
 def scheduler() -> DDIMScheduler:
