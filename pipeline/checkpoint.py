@@ -126,8 +126,11 @@ class Checkpointer:
     def resume(self, objects: dict[str, Any]) -> int:
         """Load the newest valid checkpoint into ``objects`` and the RNGs; return the next step (0 if none).
 
-        A damaged newest checkpoint is skipped with a warning and the one before it used.
+        A damaged newest checkpoint is skipped with a warning and the one before it used. Temp
+        files of a write that was killed half-way are removed.
         """
+        for tmp in self.folder.glob(".step_*.tmp") if self.folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
         for step, path in list_checkpoints(self.folder):
             try:
                 ckpt = load_checkpoint(path)

@@ -34,10 +34,10 @@ class Config:
     parts: PartCameraConfig = field(default_factory=lambda: PartCameraConfig(enabled=True))
     """Part-aware zoomed cameras (head, upper, lower body)."""
     normal_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
-        guidance_scale=30.0, min_t=Ramp(0.02, 0.02, 2000, 2001), max_t=Ramp(0.80, 0.21, 2000, 2001)))
+        guidance_scale=30.0, min_t=Ramp(0.02, 0.02), max_t=Ramp(0.80, 0.21, 2000, 2001)))
     """Normal-adapted SD 1.5 SDS on rendered normal maps."""
     depth_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
-        guidance_scale=30.0, min_t=Ramp(0.02, 0.02, 2000, 2001), max_t=Ramp(0.81, 0.11, 2000, 2001)))
+        guidance_scale=30.0, min_t=Ramp(0.02, 0.02), max_t=Ramp(0.81, 0.11, 2000, 2001)))
     """Depth-adapted SD 1.5 SDS on rendered depth maps."""
     sdf_points: int = 100000
     """Points sampled per step for the SDF loss against the stage-1 mesh."""

@@ -33,7 +33,7 @@ class Config:
     camera: OrbitCameraConfig = field(default_factory=OrbitCameraConfig)
     """Reference camera and the view ring."""
     guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
-        guidance_scale=7.5, min_t=Ramp(0.5, 0.5, 5000, 10000), max_t=Ramp(0.51, 0.51, 5000, 10000)))
+        guidance_scale=7.5, min_t=Ramp(0.5, 0.5), max_t=Ramp(0.51, 0.51)))
     """SDEdit strength range (timestep fraction) and CFG scale of the 2D prior."""
     controlnet_scale: float = 1.0
     """Conditioning scale of the normal ControlNet."""

