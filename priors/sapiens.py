@@ -6,6 +6,7 @@ The released TorchScript files take a [B,3,1024,768] image normalised with Sapie
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,10 @@ class SapiensEstimator:
         """Load ``cfg.sapiens_<kind>`` / ``cfg.sapiens_<kind>_file`` with ``torch.jit.load``."""
         root = resolve(cfg, all_weights(cfg)[f"sapiens_{kind}"])
         path = root / getattr(cfg, f"sapiens_{kind}_file")
-        return cls(torch.jit.load(str(path), map_location=torch.device(device)).eval(), kind)
+        with warnings.catch_warnings():  # the released files are TorchScript, deprecated in recent torch
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=torch.device(device))
+        return cls(module.eval(), kind)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

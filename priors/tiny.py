@@ -11,12 +11,16 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
                           CLIPVisionModelWithProjection)
+
+from priors.config import Config
 
 WIDTH = 32
 """Cross-attention / text / image embedding width of the tiny models."""
@@ -150,5 +154,33 @@ class TinySapiens(torch.nn.Module):
 def write_sapiens(path: str, kind: str, seed: int = 0) -> None:
     """Write a TorchScript file with Sapiens' interface (``kind``: ``normal`` or ``depth``)."""
     torch.manual_seed(seed)
-    module = torch.jit.script(TinySapiens(3 if kind == "normal" else 1))
-    torch.jit.save(module, path)
+    with warnings.catch_warnings():  # TorchScript is the released files' format, deprecated in recent torch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(TinySapiens(3 if kind == "normal" else 1)), path)
+
+
+def write_weights(folder: str | Path, seed: int = 0) -> Config:
+    """Write every weight the presets need, at tiny size, in the layout :mod:`priors.weights` expects.
+
+    Returns a priors config pointing at ``folder`` (the 3D prior in diffusers format), so the real
+    loading code (:class:`priors.registry.PriorSet`) runs end to end without downloads.
+    """
+    from priors.prior_2d import save_sd_parts
+    from priors.prior_3d import Zero123Parts
+    from priors.text import PromptEncoder
+
+    cfg = Config(weights_dir=str(folder), prior_3d_diffusers="tiny/geneman-prior3d")
+    root = Path(folder)
+    for repo, with_unet in ((cfg.sd15, False), (cfg.normal_adapted, True), (cfg.depth_adapted, True),
+                            (cfg.normal_aligned, False)):
+        p = sd_parts(seed)
+        save_sd_parts(root / repo, p.vae, PromptEncoder(p.tokenizer, p.text_encoder), p.scheduler,
+                      p.unet if with_unet else None)
+    unet(4, seed).save_pretrained(root / cfg.geneman_repo / cfg.prior_2d_subfolder)
+    controlnet(seed).save_pretrained(root / cfg.controlnet_normal)
+    Zero123Parts(unet(8, seed), vae(seed), image_encoder(seed), cc_projection(seed),
+                 scheduler()).save_pretrained(root / cfg.prior_3d_diffusers)
+    for kind in ("normal", "depth"):
+        (root / getattr(cfg, f"sapiens_{kind}")).mkdir(parents=True, exist_ok=True)
+        write_sapiens(str(root / getattr(cfg, f"sapiens_{kind}") / getattr(cfg, f"sapiens_{kind}_file")), kind, seed)
+    return cfg

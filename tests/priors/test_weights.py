@@ -1,0 +1,112 @@
+"""Weight resolution, the missing-weight error, `weights check` output, loading from a folder."""
+import pytest
+import torch
+
+from priors import tiny
+from priors.config import Config
+from priors.prior_2d import StableDiffusionSDS
+from priors.registry import PriorSet
+from priors.sapiens import SapiensEstimator, load_estimators
+from priors.weights import (STAGES, MissingWeightError, check, ensure_available, format_report, required_weights,
+                            resolve)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    return tiny.write_weights(folder)
+
+
+def test_required_weights_per_stage():
+    cfg = Config()
+    keys = [s.key for s in required_weights(cfg, ["geometry_init", "texture_coarse"])]
+    assert keys == ["sd15", "prior_2d", "prior_3d"]
+    assert [s.key for s in required_weights(cfg, ["texture_refine"])] == ["normal_aligned", "prior_2d",
+                                                                         "controlnet_normal"]
+    assert len(required_weights(cfg)) == 9
+    with pytest.raises(ValueError, match="unknown stage"):
+        required_weights(cfg, ["stage_5"])
+
+
+def test_missing_weight_error_names_id_file_and_folder(tmp_path):
+    cfg = Config(weights_dir=str(tmp_path))
+    spec = required_weights(cfg, ["geometry_sculpt"])[0]
+    with pytest.raises(MissingWeightError) as err:
+        resolve(cfg, spec)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "xanderhuang/normal-adapted-sd1.5" in msg and "unet/config.json" in msg
+    assert str(tmp_path / "xanderhuang" / "normal-adapted-sd1.5") in msg and "geneman weights pull" in msg
+
+
+def test_run_stops_naming_every_missing_weight(tmp_path):
+    with pytest.raises(MissingWeightError) as err:
+        ensure_available(Config(weights_dir=str(tmp_path)), ["geometry_init"])
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and "wwt117/GeneMAN" in lines[1] and "last.ckpt" in lines[2]
+
+
+def test_hub_cache_lookup_reports_missing_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    rows = check(Config(), ["preprocess"])
+    assert [r.found for r in rows] == [False, False]
+    assert "Hugging Face cache" in rows[0].folder
+
+
+def test_weights_check_report(weights, tmp_path):
+    rows = check(weights)
+    assert all(r.found for r in rows)
+    report = format_report(rows)
+    assert report.splitlines()[-1] == "9/9 weights found"
+    (tmp_path / "wwt117" / "GeneMAN").mkdir(parents=True)
+    empty = format_report(check(Config(weights_dir=str(tmp_path)), ["texture_refine"]))
+    assert "prior_2d           MISSING" in empty
+    assert "missing file: pretrained_models/geneman-prior2d/config.json" in empty
+    assert empty.splitlines()[-1].startswith("0/3 weights found; run `geneman weights pull`")
+
+
+def test_save_pretrained_then_from_pretrained_offline(weights):
+    loaded = StableDiffusionSDS.from_pretrained(weights, "cpu")
+    ref = tiny.sd_parts(0)
+    for ours, theirs in ((loaded.unet, ref.unet), (loaded.vae, ref.vae), (loaded.text.text_encoder, ref.text_encoder)):
+        for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=k)
+    assert loaded.text.tokenizer("a man").input_ids == ref.tokenizer("a man").input_ids
+    assert not any(p.requires_grad for p in loaded.unet.parameters())
+
+
+def test_prior_set_loads_lazily_and_once(weights):
+    priors = PriorSet(weights, "cpu")
+    assert priors.loaded() == []
+    priors.check(STAGES)
+    first = priors.prior_2d
+    assert priors.prior_2d is first and priors.loaded() == ["prior_2d"]
+    priors.prior_3d.set_reference(torch.rand(1, 3, 32, 32), 0.0, 0.0, 3.0)
+    assert priors.hybrid.prior_2d is first
+    assert priors.sdedit.controlnet.config.in_channels == 4
+    assert priors.adapted.normal.unet is not priors.adapted.depth.unet
+    assert set(priors.sapiens) == {"normal", "depth"}
+
+
+def test_sapiens_estimates_masked_maps(weights):
+    normal = SapiensEstimator.from_pretrained(weights, "normal", "cpu")
+    depth = SapiensEstimator.from_pretrained(weights, "depth", "cpu")
+    image, mask = torch.rand(1, 3, 64, 48), torch.zeros(1, 1, 64, 48)
+    mask[..., 10:50, 10:40] = 1
+    n, d = normal(image, mask), depth(image, mask)
+    assert n.shape == (1, 3, 64, 48) and d.shape == (1, 1, 64, 48)
+    torch.testing.assert_close(n[0, :, 20, 20].norm(), torch.tensor(1.0))
+    assert n[..., 0, 0].abs().sum() == 0 and d[..., 0, 0] == 0
+    assert d[mask > 0].max() == 1.0 and d[mask > 0].min() == 0.0
+
+
+def test_missing_sapiens_stops_unless_the_preset_allows_it(tmp_path, caplog):
+    cfg = Config(weights_dir=str(tmp_path))
+    with pytest.raises(MissingWeightError, match="sapiens"):
+        load_estimators(cfg, "cpu")
+    cfg.sapiens_optional = True
+    with caplog.at_level("WARNING"):
+        assert load_estimators(cfg, "cpu") == {"normal": None, "depth": None}
+    assert "normal losses disabled" in caplog.text and "depth losses disabled" in caplog.text
