@@ -175,3 +175,35 @@ def test_mediapipe_segmentation_finds_the_astronaut():
     assert mask.shape == (512, 512)
     assert 0.3 < (mask > 0.5).mean() < 0.8
     assert mask[300, 150] > 0.5 and mask[10, 500] < 0.5  # the suit, the backdrop's corner
+
+
+def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
+    good = tmp_path / "person.png"
+    person_rgba().save(good)
+    out = tmp_path / "out"
+    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=off"]) == 3
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert main(["run", str(bad), "-o", str(out), "--preset", "cpu"]) == 2
+    assert "geneman: error:" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_resume_with_set_redoes_preprocess(tmp_path, capsys):
+    import json
+    good = tmp_path / "person.png"
+    person_rgba().save(good)
+    out = tmp_path / "out"
+    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=off"]) == 3
+    first = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
+    assert main(["resume", str(out), "--set", "preprocess.fill=0.5"]) == 3
+    second = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
+    assert first != second
+    assert "fill: 0.5" in (out / "config.yaml").read_text()
+    mask = np.asarray(Image.open(out / "00_preprocess" / "result" / "mask.png")) > 127
+    ys = np.nonzero(mask)[0]
+    assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 256, abs=3)
+    assert main(["resume", str(out), "--set", "preprocess.fil=0.5"]) == 2
+    assert "did you mean 'preprocess.fill'" in capsys.readouterr().err
