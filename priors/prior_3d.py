@@ -73,8 +73,9 @@ def relative_camera(elevation: torch.Tensor, azimuth: torch.Tensor, distance: to
     Zero-1-to-3's polar angle is 90 - elevation, so the polar change is ``ref_elev - elev``.
 
     Example:
-        >>> relative_camera(torch.tensor([0.]), torch.tensor([90.]), torch.tensor([3.]), (0., 0., 3.)).squeeze()
-        tensor([0.0000e+00, 1.0000e+00, -4.3711e-08, 0.0000e+00])
+        >>> cam = relative_camera(torch.tensor([10.]), torch.tensor([30.]), torch.tensor([3.5]), (0., 0., 3.))
+        >>> [round(v, 3) for v in cam.flatten().tolist()]
+        [-0.175, 0.5, 0.866, 0.5]
     """
     ref_elev, ref_azim, ref_dist = ref
     d_azim = torch.deg2rad(azimuth - ref_azim)

@@ -54,6 +54,8 @@ class CheckRow:
     """Folder that holds (or should hold) the files."""
     missing: list[str] = field(default_factory=list)
     """Required files not found (alternatives joined by ``|``)."""
+    optional: bool = False
+    """The run goes on without this weight (Sapiens with ``sapiens_optional``)."""
 
     @property
     def found(self) -> bool:
@@ -160,19 +162,23 @@ def check(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[Che
     The CLI passes ``cfg.priors`` (with ``weights_dir`` set from ``--weights DIR``) and the stage
     names it will run (default: all five of :data:`STAGES`); print ``format_report(rows)``.
     """
-    return [check_one(cfg, spec) for spec in required_weights(cfg, stages)]
+    rows = [check_one(cfg, spec) for spec in required_weights(cfg, stages)]
+    for row in rows:
+        row.optional = cfg.sapiens_optional and row.spec.key.startswith("sapiens")
+    return rows
 
 
 def format_report(rows: list[CheckRow]) -> str:
     """Table of found / missing weights with the exact folder layout expected for missing ones."""
     lines = [f"{'network':<18} {'status':<8} {'id':<42} folder"]
     for row in rows:
-        status = "found" if row.found else "MISSING"
+        status = "found" if row.found else ("optional" if row.optional else "MISSING")
         lines.append(f"{row.spec.key:<18} {status:<8} {row.spec.repo_id:<42} {row.folder}")
         for rel in row.missing:
             lines.append(f"{'':<28}missing file: {rel}")
-    n_missing = sum(not r.found for r in rows)
-    lines.append(f"{len(rows) - n_missing}/{len(rows)} weights found" +
+    n_missing = sum(not r.found and not r.optional for r in rows)
+    n_found = sum(r.found for r in rows)
+    lines.append(f"{n_found}/{len(rows)} weights found" +
                  ("; run `geneman weights pull` or copy the files to the folders above" if n_missing else ""))
     return "\n".join(lines)
 
@@ -197,9 +203,10 @@ def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) 
     """Stop before any stage starts when a weight is missing.
 
     The runner calls this with ``cfg.priors`` and the stage names it will run; the error lists
-    every missing id, file and the folder looked in, one per line.
+    every missing id, file and the folder looked in, one per line. Sapiens weights do not stop
+    the run when ``cfg.sapiens_optional`` is set (preprocess then disables those losses).
     """
-    errors = [str(missing_error(r)) for r in check(cfg, stages) if not r.found]
+    errors = [str(missing_error(r)) for r in check(cfg, stages) if not r.found and not r.optional]
     if errors:
         raise MissingWeightError("\n".join(errors))
 

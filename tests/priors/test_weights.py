@@ -46,6 +46,15 @@ def test_run_stops_naming_every_missing_weight(tmp_path):
     assert len(lines) == 3 and "wwt117/GeneMAN" in lines[1] and "last.ckpt" in lines[2]
 
 
+def test_optional_sapiens_does_not_stop_the_run(tmp_path):
+    cfg = Config(weights_dir=str(tmp_path), sapiens_optional=True)
+    ensure_available(cfg, ["preprocess"])
+    report = format_report(check(cfg, ["preprocess"]))
+    assert "sapiens_normal     optional" in report and report.splitlines()[-1] == "0/2 weights found"
+    with pytest.raises(MissingWeightError):
+        ensure_available(Config(weights_dir=str(tmp_path)), ["preprocess"])
+
+
 def test_hub_cache_lookup_reports_missing_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     import huggingface_hub.constants as c
