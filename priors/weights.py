@@ -211,6 +211,27 @@ def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) 
         raise MissingWeightError("\n".join(errors))
 
 
+def files_to_fetch(spec: WeightSpec, repo_files: list[str]) -> list[str]:
+    """Files to download for ``spec`` from a repository listing ``repo_files``.
+
+    For each requirement the first alternative the repository has (safetensors before .bin, so
+    a repository holding both is not fetched twice), plus the small config / tokenizer files
+    (``.json``, ``.txt``) beside it.
+
+    Example:
+        >>> spec = WeightSpec("x", "a/b", (("unet/m.safetensors", "unet/m.bin"),))
+        >>> files_to_fetch(spec, ["unet/m.bin", "unet/m.safetensors", "unet/config.json", "vae/config.json"])
+        ['unet/config.json', 'unet/m.safetensors']
+    """
+    have, chosen = set(repo_files), set()
+    for alts in spec.files:
+        pick = next((a for a in alts if a in have), alts[0])
+        chosen.add(pick)
+        folder = os.path.dirname(pick)
+        chosen.update(f for f in repo_files if os.path.dirname(f) == folder and f.endswith((".json", ".txt")))
+    return sorted(chosen)
+
+
 def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
     """Download every missing weight the stages need (``geneman weights pull``), with progress bars.
 
@@ -218,19 +239,18 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]
     ``weights_dir`` is set, else to the Hugging Face cache. Returns one line per weight
     (``downloaded``, ``already present`` or the download error) for the CLI to print.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     report = []
     for row in check(cfg, stages):
         if row.found:
             report.append(f"{row.spec.key}: already present in {row.folder}")
             continue
-        patterns = [a for alts in row.spec.files for a in alts]
-        patterns += [os.path.dirname(p) + "/*.json" for p in patterns if "/" in p]
         local = str(local_folder(cfg, row.spec)) if cfg.weights_dir else None
         try:
+            listing = HfApi().list_repo_files(row.spec.repo_id, repo_type=row.spec.repo_type)
             path = snapshot_download(row.spec.repo_id, repo_type=row.spec.repo_type, local_dir=local,
-                                     allow_patterns=sorted(set(patterns)))
+                                     allow_patterns=files_to_fetch(row.spec, listing))
             report.append(f"{row.spec.key}: downloaded to {path}")
         except Exception as err:  # network or hub errors are reported per weight, not fatal
             report.append(f"{row.spec.key}: download failed ({type(err).__name__}: {err})")

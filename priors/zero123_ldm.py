@@ -112,3 +112,10 @@ def load_ldm(ckpt: str | Path, config_yaml: str | Path, trusted: bool = False) -
     """Read ``last.ckpt`` and its yaml and convert them (see :func:`convert_ldm`)."""
     original_config = yaml.safe_load(Path(config_yaml).read_text())
     return convert_ldm(load_ldm_state_dict(ckpt, trusted), original_config)
+
+
+def convert_to_folder(ckpt: str | Path, config_yaml: str | Path, out: str | Path, trusted: bool = False) -> Path:
+    """Convert the LDM files once and write a diffusers folder; set ``priors.prior_3d_diffusers`` to it
+    (later runs then load safetensors, no unpickling)."""
+    load_ldm(ckpt, config_yaml, trusted).save_pretrained(out)
+    return Path(out)

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["priors.sds", "priors.memory", "priors.hybrid", "priors.prior_3d", "priors.tiny", "priors.registry"]
+MODULES = ["priors.sds", "priors.memory", "priors.hybrid", "priors.prior_3d", "priors.tiny", "priors.registry", "priors.weights"]
 
 
 @pytest.mark.parametrize("name", MODULES)

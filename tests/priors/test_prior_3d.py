@@ -63,8 +63,8 @@ def test_pickled_objects_need_trust(tmp_path):
     assert zero123_ldm.load_ldm_state_dict(path, trusted=True)["w"].item() == 1.0
 
 
-def test_diffusers_folder_round_trip_offline(parts, tmp_path):
-    parts.save_pretrained(tmp_path / "p3")
+def test_diffusers_folder_round_trip_offline(parts, ldm_files, tmp_path):
+    zero123_ldm.convert_to_folder(ldm_files / "last.ckpt", ldm_files / "prior_3d.yaml", tmp_path / "p3")
     again = Zero123Parts.from_pretrained(tmp_path / "p3")
     for name in ("unet", "vae", "image_encoder", "cc_projection"):
         _assert_same_weights(getattr(parts, name), getattr(again, name))

@@ -7,8 +7,8 @@ from priors.config import Config
 from priors.prior_2d import StableDiffusionSDS
 from priors.registry import PriorSet
 from priors.sapiens import SapiensEstimator, load_estimators
-from priors.weights import (STAGES, MissingWeightError, check, ensure_available, format_report, required_weights,
-                            resolve)
+from priors.weights import (STAGES, MissingWeightError, check, ensure_available, format_report, pull,
+                            required_weights, resolve)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,26 @@ def test_missing_sapiens_stops_unless_the_preset_allows_it(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert load_estimators(cfg, "cpu") == {"normal": None, "depth": None}
     assert "normal losses disabled" in caplog.text and "depth losses disabled" in caplog.text
+
+
+def test_pull_fetches_the_chosen_files_into_the_weights_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    listing = ["config.json", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors", "README.md"]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo, repo_type=None: listing)
+
+    def fake_download(repo, repo_type=None, local_dir=None, allow_patterns=None):
+        calls.append((repo, local_dir, allow_patterns))
+        if repo.startswith("facebook"):
+            raise OSError("no network")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    cfg = Config(weights_dir=str(tmp_path))
+    report = pull(cfg, ["texture_refine", "preprocess"])
+    control = [c for c in calls if c[0] == cfg.controlnet_normal][0]
+    assert control[1] == str(tmp_path / cfg.controlnet_normal)
+    assert control[2] == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert report[2] == f"controlnet_normal: downloaded to {tmp_path / cfg.controlnet_normal}"
+    assert report[3].startswith("sapiens_normal: download failed (OSError: no network)")
