@@ -50,9 +50,9 @@ class AdaptedGuidance:
 
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "AdaptedGuidance":
-        """Load both HumanNorm pipelines (each repository holds its full SD 1.5 layout)."""
-        return cls(StableDiffusionSDS.from_pretrained(cfg, device, "normal_adapted", "normal_adapted"),
-                   StableDiffusionSDS.from_pretrained(cfg, device, "depth_adapted", "depth_adapted"))
+        """Load both HumanNorm pipelines (each repository holds its full SD 1.5 layout); standard CFG."""
+        return cls(StableDiffusionSDS.from_pretrained(cfg, device, "normal_adapted", "normal_adapted", "standard"),
+                   StableDiffusionSDS.from_pretrained(cfg, device, "depth_adapted", "depth_adapted", "standard"))
 
     def embed(self, prompt: str, negative_prompt: str = "") -> tuple[PromptEmbeddings, PromptEmbeddings]:
         """(normal, depth) prompt embeddings, each from its own model's text encoder."""

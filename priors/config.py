@@ -47,7 +47,10 @@ class Config:
     negative_prompt: str = ""
     """Negative prompt (the unconditional branch of classifier-free guidance)."""
     cfg_variant: str = "standard"
-    """Classifier-free guidance form: ``standard`` (u + s (c - u)) or ``release`` (c + s (c - u))."""
+    """CFG form of the GeneMAN 2D prior's SDS: ``standard`` (u + s (c - u)) or ``release`` (c + s (c - u)).
+
+    The release uses ``release`` there and the standard form for the 3D prior, the adapted guidance
+    and SDEdit, which always use ``standard``."""
     weighting: str = "sds"
     """SDS weight w(t): ``sds`` (1 - alpha_bar), ``uniform`` (1) or ``fantasia3d``."""
     dtype: str = "auto"

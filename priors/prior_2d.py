@@ -42,7 +42,7 @@ class StableDiffusionSDS:
 
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str, base: str = "sd15",
-                        unet_from: str = "prior_2d") -> "StableDiffusionSDS":
+                        unet_from: str = "prior_2d", cfg_variant: str | None = None) -> "StableDiffusionSDS":
         """Load VAE, text encoder, tokenizer, scheduler from weight ``base`` and the UNet from ``unet_from``.
 
         Args:
@@ -59,7 +59,7 @@ class StableDiffusionSDS:
         parts = load_sd_parts(root, unet_root / sub)
         text = PromptEncoder(parts["tokenizer"], memory.prepare(parts["text_encoder"], cfg, device))
         return cls(memory.prepare(parts["vae"], cfg, device), memory.prepare(parts["unet"], cfg, device), text,
-                   parts["scheduler"], cfg.cfg_variant, cfg.weighting)
+                   parts["scheduler"], cfg_variant or cfg.cfg_variant, cfg.weighting)
 
     def embed(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
         """Prompt and negative-prompt embeddings."""

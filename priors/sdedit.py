@@ -39,7 +39,8 @@ class ControlNetSDEdit:
 
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "ControlNetSDEdit":
-        """Normal-aligned SD 1.5 (VAE, text encoder, scheduler) + GeneMAN 2D UNet + normal ControlNet."""
+        """Normal-aligned SD 1.5 (VAE, text encoder, scheduler) + GeneMAN 2D UNet + normal ControlNet;
+        standard CFG, as the release's SDEdit."""
         from priors.prior_2d import load_sd_parts
         from priors.weights import all_weights, resolve
 
@@ -49,7 +50,7 @@ class ControlNetSDEdit:
         control = ControlNetModel.from_pretrained(resolve(cfg, specs["controlnet_normal"]), local_files_only=True)
         prep = lambda m: memory.prepare(m, cfg, device)  # noqa: E731
         text = PromptEncoder(parts["tokenizer"], prep(parts["text_encoder"]))
-        return cls(prep(parts["vae"]), prep(parts["unet"]), prep(control), text, parts["scheduler"], cfg.cfg_variant)
+        return cls(prep(parts["vae"]), prep(parts["unet"]), prep(control), text, parts["scheduler"])
 
     def embed(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
         """Prompt and negative-prompt embeddings."""

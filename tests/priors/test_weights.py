@@ -1,4 +1,6 @@
 """Weight resolution, the missing-weight error, `weights check` output, loading from a folder."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -87,15 +89,17 @@ def test_save_pretrained_then_from_pretrained_offline(weights):
 
 
 def test_prior_set_loads_lazily_and_once(weights):
-    priors = PriorSet(weights, "cpu")
+    priors = PriorSet(dataclasses.replace(weights, cfg_variant="release"), "cpu")
     assert priors.loaded() == []
     priors.check(STAGES)
     first = priors.prior_2d
+    assert first.cfg_variant == "release"
     assert priors.prior_2d is first and priors.loaded() == ["prior_2d"]
     priors.prior_3d.set_reference(torch.rand(1, 3, 32, 32), 0.0, 0.0, 3.0)
     assert priors.hybrid.prior_2d is first
     assert priors.sdedit.controlnet.config.in_channels == 4
     assert priors.adapted.normal.unet is not priors.adapted.depth.unet
+    assert priors.adapted.normal.cfg_variant == "standard" and priors.sdedit.cfg_variant == "standard"
     assert set(priors.sapiens) == {"normal", "depth"}
 
 
