@@ -90,3 +90,36 @@ def test_sds_uses_camera_and_reference(parts):
     assert not torch.allclose(front.grad, side.grad)
     side.loss.backward()
     assert images.grad.abs().sum() > 0
+
+
+ZERO123_YAML = {"model": {"params": {
+    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
+    "unet_config": {"params": {
+        "image_size": 32, "in_channels": 8, "out_channels": 4, "model_channels": 320, "attention_resolutions": [4, 2, 1],
+        "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_heads": 8, "use_spatial_transformer": True,
+        "transformer_depth": 1, "context_dim": 768, "use_checkpoint": True, "legacy": False}},
+    "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}}}}}
+"""The Zero-1-to-3 release yaml (sd-objaverse-finetune-c_concat-256), the architecture of GeneMAN's 3D prior."""
+
+
+def test_real_size_zero123_checkpoint_converts_on_the_meta_device():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from priors.profile import SD15_UNET, SD15_VAE
+
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(in_channels=8, **SD15_UNET), AutoencoderKL(**SD15_VAE)
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(  # OpenAI CLIP ViT-L/14
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+            patch_size=14, projection_dim=768, hidden_act="quick_gelu"))
+        proj = torch.nn.Linear(772, 768)
+        state = {**unet_to_ldm(unet), **vae_to_ldm(vae), **clip_vision_to_openai(clip),
+                 "cc_projection.weight": proj.weight, "cc_projection.bias": proj.bias}
+        parts = zero123_ldm.convert_ldm(state, ZERO123_YAML)
+    for ours, ref in ((parts.unet, unet), (parts.vae, vae), (parts.image_encoder, clip)):
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert parts.image_encoder.config.num_attention_heads == 16 and parts.image_encoder.config.image_size == 224
+    assert parts.unet.config.sample_size == 32 and parts.cc_projection.in_features == 772
