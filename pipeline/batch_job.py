@@ -129,8 +129,10 @@ class BatchJob:
             for name, photo in self.images:
                 if sig.requested is not None:
                     break
-                self.results[name] = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages,
-                                               priors, sig, self.quiet)
+                state = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages, priors, sig, self.quiet)
+                self.results[name] = state
+                if state == "interrupted":  # a stop signal reached the session: end the job here
+                    break
         log.info("batch job: %s", ", ".join(f"{k}={v}" for k, v in self.results.items()) or "nothing run")
         if sig.preempted and os.environ.get("SUBMITIT_EXECUTOR"):
             signal.raise_signal(PREEMPT_SIGNAL)  # submitit's handler: checkpoint(), requeue, exit

@@ -1,4 +1,4 @@
-"""The ``geneman`` command: run, resume, status, export.
+"""The ``geneman`` command: run, resume, status, export, batch.
 
 Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
 75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
@@ -49,11 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
     _common(st)
+    _batch_parser(sub)
     ex = sub.add_parser("export", help="write the final mesh of a finished run")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
     _common(ex)
     return parser
+
+
+def _batch_parser(sub) -> None:
+    """The ``batch`` sub-command (logic in pipeline/batch.py)."""
+    b = sub.add_parser("batch", help="run many photos as Slurm jobs (or local jobs), one run folder each")
+    b.add_argument("inputs", nargs="+", help="photos, folders of photos, list files (.txt, one path a line) or globs")
+    b.add_argument("-o", "--out", type=Path, required=True, help="batch folder (one run folder per photo inside)")
+    b.add_argument("--executor", choices=("slurm", "local"), default="slurm", help="default: %(default)s")
+    b.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    b.add_argument("--gpus-per-job", type=int, default=0, metavar="N", help="GPUs per job (default: none)")
+    b.add_argument("--time", default=None, metavar="HH:MM:SS",
+                   help="time limit per job (Slurm default here: 24:00:00; local: none)")
+    b.add_argument("--mem", metavar="M", help="memory per job, Slurm syntax, e.g. 32G")
+    b.add_argument("--cpus-per-job", type=int, metavar="N", help="CPUs per job")
+    b.add_argument("--max-parallel", type=int, default=0, metavar="K",
+                   help="jobs running at once (default: Slurm's choice; local: 1)")
+    b.add_argument("--images-per-job", type=int, default=1, metavar="M",
+                   help="images each job runs in turn, loading the priors once (default: %(default)s)")
+    _config_args(b, "release")
+    _common(b)
 
 
 def setup_logging(debug: bool, quiet: bool) -> None:
@@ -91,6 +112,25 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from pipeline.batch import BatchOptions, submit_batch
+    from pipeline.config import load_config
+
+    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(args.preset, args.config, sets)
+    time_limit = args.time or ("24:00:00" if args.executor == "slurm" else None)
+    options = BatchOptions(executor=args.executor, partition=args.partition, gpus_per_job=args.gpus_per_job,
+                           time=time_limit, mem=args.mem, cpus_per_job=args.cpus_per_job,
+                           max_parallel=args.max_parallel, images_per_job=args.images_per_job)
+    done = submit_batch(args.inputs, args.out, cfg, options, quiet=args.quiet)
+    if args.executor == "slurm":
+        print(f"submitted {len(done['todo'])} image(s) in job(s) {' '.join(done['jobs']) or '-'}; "
+              f"{len(done['skipped'])} skipped; follow with `geneman status {args.out}`")
+    else:
+        print(f"ran {len(done['todo'])} image(s); {len(done['skipped'])} skipped; see `geneman status {args.out}`")
+    return 0
+
+
 def cmd_status(args) -> int:
     from pipeline.status import status_text
 
@@ -106,7 +146,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,9 +73,14 @@ def run_status(root: Path) -> str:
 
 
 def status_text(roots: list[Path]) -> str:
-    """Status blocks of several run folders; a folder that is not a run is an error."""
+    """Status blocks of several run (or batch) folders; a folder that is neither is an error."""
+    from pipeline.batch_status import batch_status, is_batch
+
     blocks = []
     for root in roots:
+        if is_batch(root):
+            blocks.append(batch_status(Path(root), lambda r: lock_holder(r) is not None, format_table))
+            continue
         if not (Path(root) / "run.json").is_file():
             raise InputError(f"{root} is not a geneman run folder (no run.json)")
         blocks.append(run_status(Path(root)))

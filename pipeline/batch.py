@@ -1,0 +1,339 @@
+"""``geneman batch``: a folder of photos as a Slurm job array (or local jobs), one run folder per photo.
+
+Layout of a batch folder::
+
+    OUT/batch.json     inputs, settings and every submission with its job ids
+    OUT/<name>/        the run folder of photo <name> (its stem), resumable as usual
+    OUT/logs/          submitit's pickles and job logs
+
+Each job loads the priors once and runs its images in turn (:mod:`pipeline.batch_job`).
+Submitting the same batch again skips images already done and images whose job is still queued
+or running.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.batch_job import BatchJob, is_done
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError, InputError
+from pipeline.runner import DEFAULT_STAGES, StageSpec
+from pipeline.store import RunStore, atomic_write_bytes, now
+
+log = logging.getLogger("geneman")
+
+BATCH_FILE = "batch.json"
+LOGS = "logs"
+RESERVED = {BATCH_FILE, LOGS}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+LOCAL_TIME_MIN = 30 * 24 * 60
+"""Time limit of a local job when ``--time`` is not given (submitit's local default is 2 minutes)."""
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                       "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+@dataclass
+class BatchOptions:
+    """How the jobs are submitted (the ``geneman batch`` flags)."""
+
+    executor: str = "slurm"
+    """slurm (a job array) or local (jobs on this machine)."""
+    partition: str | None = None
+    """Slurm partition (default: the cluster's default)."""
+    gpus_per_job: int = 0
+    """GPUs per job (Slurm ``--gpus-per-node``); 0 asks for none."""
+    time: str | None = None
+    """Time limit per job, ``[D-]HH:MM:SS`` or minutes; Slurm's default when None."""
+    mem: str | None = None
+    """Memory per job, Slurm syntax (``32G``)."""
+    cpus_per_job: int | None = None
+    """CPUs per job (Slurm ``--cpus-per-task``)."""
+    max_parallel: int = 0
+    """Jobs running at once (Slurm array ``%K``; local: K processes); 0: Slurm's choice, local 1."""
+    images_per_job: int = 1
+    """Images each job runs in turn (the priors are loaded once per job)."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which Slurm sends SIGUSR2 (checkpoint and requeue)."""
+
+
+def resolve_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The photos named by folders, list files, globs or plain paths, in order, without repeats.
+
+    Raises:
+        InputError: an input matches nothing.
+    """
+    found: list[Path] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            found += read_list_file(path)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise InputError(f"the pattern {item!r} matches no file")
+            found += matches
+        else:
+            raise InputError(f"input not found: {item} (give photos, folders of photos, list files or globs)")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise InputError(f"no photos found in {', '.join(map(str, inputs))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return unique
+
+
+def read_list_file(path: Path) -> list[Path]:
+    """Photo paths of a list file: one a line, relative to the file's folder; blanks and ``#`` lines skipped."""
+    photos = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            photos.append(p if p.is_absolute() else path.parent / p)
+    return photos
+
+
+def run_names(photos: Sequence[Path], out: Path) -> list[tuple[str, Path]]:
+    """``(name, photo)`` pairs: the run folder ``out/name`` of each photo is named by its stem.
+
+    Raises:
+        InputError: a name would escape ``out`` or clash with its reserved entries, or two photos
+            share a name (also when they differ only by case).
+    """
+    named, seen = [], {}
+    for photo in photos:
+        name = photo.stem
+        check_name(name, photo, out)
+        key = name.casefold()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {photo} would share the run folder {out / name}; "
+                             "rename one of them (run folders are named by the photo's stem)")
+        seen[key] = photo
+        named.append((name, photo))
+    return named
+
+
+def check_name(name: str, photo: Path, out: Path) -> None:
+    """Raise InputError when ``out/name`` is not a plain new entry of ``out``."""
+    bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
+           or "\x00" in name or re.search(r"[\x00-\x1f]", name))
+    if bad or (out / name).resolve().parent != out.resolve():
+        raise InputError(f"{photo}: its name {name!r} would escape {out} or be hidden; rename the photo")
+    if name in RESERVED:
+        raise InputError(f"{photo}: its name {name!r} is reserved in a batch folder ({', '.join(sorted(RESERVED))}); "
+                         "rename the photo")
+
+
+def parse_time(text: str) -> int:
+    """Minutes (rounded up) of a Slurm time: ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS`` or ``D-HH``.
+
+    >>> parse_time("01:30:00"), parse_time("90"), parse_time("1-00:00:30")
+    (90, 90, 1441)
+    """
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m:
+        raise ConfigError(f"--time {text!r}: use HH:MM:SS, D-HH:MM:SS or minutes")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is None and b is None:
+        seconds = a * 60
+    elif c is None and b is not None and days is None:
+        seconds = a * 60 + b  # MM:SS
+    else:
+        seconds = (days or 0) * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if seconds <= 0:
+        raise ConfigError(f"--time {text!r} must be positive")
+    return math.ceil(seconds / 60)
+
+
+def load_record(out: Path) -> dict:
+    """The content of ``out/batch.json`` (an empty record when there is none)."""
+    path = Path(out) / BATCH_FILE
+    if not path.is_file():
+        return {"version": 1, "created": now(), "images": {}, "submissions": []}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is unreadable ({e}); the batch folder is damaged") from None
+
+
+def save_record(out: Path, record: dict) -> None:
+    """Write ``out/batch.json`` atomically."""
+    record["updated"] = now()
+    atomic_write_bytes(Path(out) / BATCH_FILE, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """``{job id: state}`` from squeue for the jobs Slurm still lists; None when squeue cannot tell."""
+    ids = sorted({j for j in job_ids if j})
+    if not ids or shutil.which("squeue") is None:
+        return None
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:
+        return None
+    states = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict) -> tuple[list, dict[str, str]]:
+    """Split the images into those to submit and those skipped (with why).
+
+    Raises:
+        InputError: a name was given to another photo in an earlier submission to ``out``.
+    """
+    held = record.get("images", {})
+    for name, photo in named:
+        old = held.get(name, {}).get("photo")
+        if old and Path(old) != photo:
+            raise InputError(f"{photo}: {out / name} already belongs to {old} in this batch; rename the photo "
+                             "or use another -o folder")
+    active = slurm_states([held[n].get("job_id", "") for n, _ in named if held.get(n, {}).get("executor") == "slurm"]) or {}
+    todo, skipped = [], {}
+    for name, photo in named:
+        job = held.get(name, {}).get("job_id", "")
+        if is_done(out / name):
+            skipped[name] = "done"
+        elif active.get(job) in ACTIVE_SLURM_STATES:
+            skipped[name] = f"job {job} {active[job].lower()}"
+        else:
+            todo.append((name, photo))
+    return todo, skipped
+
+
+def chunks(items: Sequence, size: int) -> list[list]:
+    """``items`` cut into consecutive lists of ``size`` (the last one shorter)."""
+    if size < 1:
+        raise ConfigError(f"--images-per-job must be at least 1, got {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def make_executor(out: Path, options: BatchOptions):
+    """A submitit executor writing its files to ``out/logs``, with the job parameters of ``options``."""
+    import submitit
+
+    folder = Path(out) / LOGS / "%j"
+    setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    if options.executor == "local":
+        ex = submitit.LocalExecutor(folder=folder, python=shlex.quote(sys.executable))
+        minutes = parse_time(options.time) if options.time else LOCAL_TIME_MIN
+        ex.update_parameters(timeout_min=minutes, signal_delay_s=options.signal_delay_s, setup=setup)
+        return ex
+    if options.executor != "slurm":
+        raise ConfigError(f"--executor {options.executor!r}: use slurm or local")
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm: sbatch not found on this machine; run on a Slurm login node, "
+                          "or use --executor local")
+    ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
+    params: dict[str, Any] = {"signal_delay_s": options.signal_delay_s, "setup": setup, "job_name": "geneman"}
+    for key, value in (("partition", options.partition), ("mem", options.mem), ("cpus_per_task", options.cpus_per_job),
+                       ("gpus_per_node", options.gpus_per_job or None),
+                       ("time", parse_time(options.time) if options.time else None),
+                       ("array_parallelism", options.max_parallel or None)):
+        if value is not None:
+            params[key] = value
+    ex.update_parameters(**params)
+    return ex
+
+
+def package_root() -> Path:
+    """The folder holding the ``pipeline`` package (a job puts it on PYTHONPATH, with ``tests`` beside it)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, options: BatchOptions,
+                 stages: Sequence[StageSpec] = DEFAULT_STAGES, priors_factory: Callable[[], Any] | None = None,
+                 quiet: bool = False) -> dict:
+    """Check the inputs, submit the images not done yet, record the submission in ``out/batch.json``.
+
+    With the local executor this returns once every job has ended.
+
+    Returns:
+        ``{"jobs": [job ids], "todo": [names], "skipped": {name: why}}``.
+
+    Raises:
+        InputError: inputs missing, or names that collide or escape ``out``.
+        ConfigError: bad options, or no Slurm on this machine.
+    """
+    out = Path(out).resolve()
+    named = run_names(resolve_inputs(inputs), out)
+    chunks(named, options.images_per_job)  # checks the option before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    with RunStore(out).lock():
+        record = load_record(out)
+        todo, skipped = plan(out, named, record)
+        for name, why in skipped.items():
+            log.info("batch: skipping %s (%s)", name, why)
+        for name, photo in named:
+            record["images"].setdefault(name, {})["photo"] = str(photo)
+        groups = chunks(todo, options.images_per_job)
+        jobs = [BatchJob(out, [(n, str(p)) for n, p in g], cfg, tuple(stages), priors_factory, quiet) for g in groups]
+        submission = {"time": now(), "options": asdict(options), "job_ids": [], "images": len(todo)}
+        record["submissions"].append(submission)
+        save_record(out, record)
+        if jobs:
+            executor = make_executor(out, options)
+            launch = run_local if options.executor == "local" else submit_slurm
+            launch(out, record, executor, groups, jobs, options)
+    log.info("batch: %d image(s) in %d job(s) %s; %d skipped", len(todo), len(submission["job_ids"]),
+             " ".join(submission["job_ids"]), len(skipped))
+    return {"jobs": submission["job_ids"], "todo": [n for n, _ in todo], "skipped": skipped}
+
+
+def _note_job(out: Path, record: dict, group: list, job, options: BatchOptions) -> None:
+    """Record that ``job`` runs the images of ``group`` (batch.json is rewritten at once)."""
+    submission = record["submissions"][-1]
+    submission["job_ids"].append(job.job_id)
+    for name, _ in group:
+        record["images"][name].update({"job_id": job.job_id, "executor": options.executor,
+                                       "submission": len(record["submissions"]) - 1})
+    save_record(out, record)
+
+
+def submit_slurm(out: Path, record: dict, executor, groups: list, jobs: list, options: BatchOptions) -> None:
+    """Submit ``jobs`` as one Slurm job array and record their ids."""
+    for group, job in zip(groups, executor.submit_array(jobs)):
+        _note_job(out, record, group, job, options)
+
+
+def run_local(out: Path, record: dict, executor, groups: list, jobs: list, options: BatchOptions) -> None:
+    """Run ``jobs`` on this machine, ``options.max_parallel`` (default 1) at a time; return when all ended.
+
+    Ctrl-C cancels the running jobs (each checkpoints its stage and stops) and re-raises.
+    """
+    k = max(1, options.max_parallel or 1)
+    pending, running = list(zip(groups, jobs)), []
+    try:
+        while pending or running:
+            running = [j for j in running if not j.done()]
+            while pending and len(running) < k:
+                group, job = pending.pop(0)
+                started = executor.submit(job)
+                _note_job(out, record, group, started, options)
+                running.append(started)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for job in running:
+            job.cancel(check=False)
+        raise

@@ -1,0 +1,135 @@
+"""Batch without Slurm: inputs and names, time limits, the job callable, preemption, local executor, status."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from pipeline import cli
+from pipeline.batch import BatchOptions, load_record, parse_time, resolve_inputs, run_names, submit_batch
+from pipeline.batch_job import BatchJob, job_ids
+from pipeline.errors import ConfigError, InputError
+from pipeline.status import status_text
+from tests.doubles import double_stages, small_config
+from tests.pipeline.batch_helpers import manifest, photos, reference, result_bytes, stage_step, wait_until
+from tests.pipeline.conftest import write_person
+
+
+def test_inputs_from_folder_list_file_and_glob(tmp_path):
+    a, b, c = photos(tmp_path / "in")
+    (tmp_path / "in" / "notes.md").write_text("not a photo")
+    sub = tmp_path / "lists"
+    sub.mkdir()
+    (sub / "some.txt").write_text(f"# a comment\n\n../in/p1.png\n{c}\n")
+    assert resolve_inputs([tmp_path / "in"]) == [a, b, c]
+    assert resolve_inputs([sub / "some.txt"]) == [b, c]
+    assert resolve_inputs([str(tmp_path / "in" / "p[02].png"), a]) == [a, c]  # glob, then a repeat dropped
+
+
+@pytest.mark.parametrize("bad, message", [("missing.png", "input not found"), ("nothing*.png", "matches no file")])
+def test_inputs_that_match_nothing_are_refused(tmp_path, bad, message):
+    with pytest.raises(InputError, match=message):
+        resolve_inputs([str(tmp_path / bad)])
+
+
+def test_colliding_names_are_refused_naming_both_files(tmp_path):
+    one = write_person(_mk(tmp_path / "x") / "Person.png")
+    two = write_person(_mk(tmp_path / "y") / "person.webp")
+    with pytest.raises(InputError) as e:
+        run_names([one, two], tmp_path / "out")
+    assert str(one) in str(e.value) and str(two) in str(e.value)
+
+
+@pytest.mark.parametrize("filename", [".hidden.png", "..png", "logs.png", "batch.json.png", "bad\nname.png"])
+def test_names_that_escape_or_clash_with_the_batch_folder_are_refused(tmp_path, filename):
+    photo = tmp_path / filename
+    photo.write_bytes(b"x")
+    with pytest.raises(InputError, match="rename the photo"):
+        run_names([photo], tmp_path / "out")
+
+
+def test_parse_time():
+    assert [parse_time(t) for t in ("01:30:00", "90", "1-00:00:30", "10:30", "00:00:01")] == [90, 90, 1441, 11, 1]
+    for bad in ("1h", "", "00:00:00"):
+        with pytest.raises(ConfigError):
+            parse_time(bad)
+
+
+def test_job_ids_outside_and_inside_a_slurm_array(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert job_ids() == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "57")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "50")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    ids = job_ids()
+    assert (ids["slurm_job_id"], ids["slurm_array_task_id"], ids["slurm_restart_count"]) == ("50_7", "7", 0)
+
+
+def test_preemption_signal_checkpoints_and_the_next_job_resumes_bitwise(tmp_path, monkeypatch):
+    """SIGUSR2 mid-stage (outside submitit): the stage checkpoints, the job stops; running the job's
+    checkpoint() submission again finishes with the same bytes as an uninterrupted run."""
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    expected = reference(photo, tmp_path / "ref")
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    out = tmp_path / "out"
+    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), quiet=True)
+    run = out / "person"
+    fire = threading.Thread(target=lambda: wait_until(lambda: stage_step(run, "geometry_init") >= 4, 60, "step 4")
+                            and os.kill(os.getpid(), signal.SIGUSR2))
+    fire.start()
+    assert job() == {"person": "interrupted"}  # and "later" was not started
+    fire.join()
+    m = manifest(run)
+    assert m["status"] == "interrupted" and 4 <= m["stages"]["geometry_init"]["step"] < 12
+    assert not (out / "later").exists()
+    again = job.checkpoint().function
+    assert isinstance(again, BatchJob) and again.images == job.images
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0")
+    assert again() == {"person": "done", "later": "done"}
+    assert result_bytes(run) == expected
+
+
+def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, capsys):
+    folder = tmp_path / "in"
+    expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in photos(folder, (100, 160))}
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    first = submit_batch([folder], out, small_config(), BatchOptions(executor="local", max_parallel=2),
+                         stages=double_stages())
+    assert len(first["jobs"]) == 3
+    for name, want in expected.items():
+        assert manifest(out / name)["status"] == "done" and result_bytes(out / name) == want
+    broken = manifest(out / "broken")
+    assert broken["status"] == "failed" and "broken.png" in broken["error"]
+    assert load_record(out)["images"]["broken"]["executor"] == "local"
+    assert "3 images: 2 done, 0 running, 0 queued, 1 failed" in status_text([out])
+    again = submit_batch([folder], out, small_config(), BatchOptions(executor="local"), stages=double_stages())
+    assert again["todo"] == ["broken"] and set(again["skipped"]) == {"p0", "p1"}
+    assert manifest(out / "broken")["status"] == "failed"
+
+
+def test_status_of_a_batch_with_an_image_not_started(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "batch.json").write_text('{"images": {"p0": {"photo": "/x/p0.png", "job_id": "", "executor": "local"}}, '
+                                    '"submissions": []}')
+    text = status_text([out])
+    assert "p0" in text and "1 images: 0 done, 0 running, 1 queued, 0 failed" in text
+
+
+def test_cli_batch_refuses_colliding_names_with_one_line(tmp_path, capsys):
+    one = write_person(_mk(tmp_path / "x") / "person.png")
+    two = write_person(_mk(tmp_path / "y") / "person.png")
+    code = cli.main(["batch", str(one), str(two), "-o", str(tmp_path / "out"), "--executor", "local"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "would share the run folder" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _mk(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

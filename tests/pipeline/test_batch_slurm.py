@@ -1,0 +1,153 @@
+"""Batch jobs on a real single-node Slurm cluster started by the fixture (test-double stages).
+
+Skipped, with the reason, where Slurm is not installed (.ci/install-slurm.sh installs it).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+
+from pipeline.batch import BatchOptions, load_record, submit_batch
+from pipeline.status import status_text
+from submitit.core.utils import JobPaths
+from tests.doubles import double_stages, small_config
+from tests.pipeline.batch_helpers import manifest, photos, reference, result_bytes, stage_step, wait_until
+from tests.pipeline.conftest import write_person
+from tests.slurm.cluster import SlurmCluster, unavailable_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+OPTIONS = dict(executor="slurm", time="01:00:00", mem="1G", cpus_per_job=1, max_parallel=2)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """munged, slurmctld and slurmd on loopback for this module; SLURM_CONF exported meanwhile."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    c = SlurmCluster()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def queue(cluster) -> str:
+    return cluster.run("squeue", "-h", "-r", "-o", "%i %T %r").stdout.strip()
+
+
+def wait_batch_over(cluster, out, timeout=150):
+    """Wait until Slurm holds no job and every image's run.json says done or failed."""
+    def over():
+        names = load_record(out)["images"]
+        return not queue(cluster) and all(manifest(out / n).get("status") in ("done", "failed") for n in names)
+
+    wait_until(over, timeout, "the batch to finish", poll=0.5,
+               on_timeout=lambda: f"queue: {queue(cluster)}\n{status_text([out])}\n{job_logs(out)}")
+
+
+def job_logs(out) -> str:
+    """Every job log of the batch, concatenated."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted((out / "logs").rglob("*_log.*")))
+
+
+def job_result(out, job_id):
+    """What the job's callable returned (from submitit's result pickle)."""
+    with open(JobPaths(out / "logs" / "%j", job_id=job_id).result_pickle, "rb") as f:
+        return pickle.load(f)
+
+
+def release_requeued(cluster, job, timeout=60):
+    """Start a requeued job now instead of after Slurm's fixed 120 s requeue delay (``BeginTime``).
+
+    The update is repeated while the job still waits on BeginTime: an update that lands while the
+    requeue is still completing is overwritten by it.
+    """
+    def started():
+        line = cluster.run("squeue", "-h", "-j", job, "-o", "%T %r", check=False).stdout.strip()
+        if line.endswith("BeginTime"):
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            return False
+        return not line.startswith("PENDING")
+
+    wait_until(started, timeout, f"requeued job {job} to start", poll=1.0)
+
+
+def test_batch_of_three_completes_and_resubmit_skips_it(cluster, tmp_path):
+    inputs = photos(tmp_path / "in")
+    expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in inputs}
+    out = tmp_path / "out"
+    sub = submit_batch([tmp_path / "in"], out, small_config(), BatchOptions(images_per_job=2, **OPTIONS),
+                       stages=double_stages())
+    assert len(sub["jobs"]) == 2 and sub["todo"] == ["p0", "p1", "p2"]
+    wait_batch_over(cluster, out)
+    record = load_record(out)
+    for name, want in expected.items():
+        m = manifest(out / name)
+        assert m["status"] == "done", status_text([out])
+        assert m["extra"]["slurm_job_id"] == record["images"][name]["job_id"]
+        assert result_bytes(out / name) == want, f"{name} differs from an uninterrupted run"
+    assert record["images"]["p0"]["job_id"] == record["images"]["p1"]["job_id"] != record["images"]["p2"]["job_id"]
+    text = status_text([out])
+    assert "3 images: 3 done, 0 running, 0 queued, 0 failed" in text
+    assert record["images"]["p2"]["job_id"] in text
+    again = submit_batch([tmp_path / "in"], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages())
+    assert again["jobs"] == [] and again["skipped"] == {"p0": "done", "p1": "done", "p2": "done"}
+
+
+def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    photo = write_person(tmp_path / "in" / "person.png")
+    expected = reference(photo, tmp_path / "ref")
+    out = tmp_path / "out"
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.25")  # sbatch exports it to the job
+    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages())
+    (job,) = sub["jobs"]
+    run = out / "person"
+    wait_until(lambda: stage_step(run, "geometry_sculpt") >= 2, 120, "geometry_sculpt step 2",
+               on_timeout=lambda: job_logs(out))
+    # What Slurm does at --signal=USR2@N before the time limit: SIGUSR2 to the job's steps.
+    cluster.run("scancel", "--signal=USR2", job)
+    wait_until(lambda: "BeginTime" in queue(cluster), 60, "the job to requeue itself",
+               on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
+    m = manifest(run)
+    assert m["status"] == "interrupted" and m["stages"]["geometry_sculpt"]["state"] == "interrupted"
+    assert 2 <= m["stages"]["geometry_sculpt"]["step"] < m["stages"]["geometry_sculpt"]["total"]
+    assert "queued" in status_text([out]).splitlines()[2]
+    release_requeued(cluster, job)
+    wait_batch_over(cluster, out)
+    m = manifest(run)
+    assert m["status"] == "done" and m["extra"]["slurm_restart_count"] == 1
+    logs = job_logs(out)
+    assert "Requeued job" in logs and "02_geometry_sculpt/ckpt/step_" in logs  # resumed from its checkpoint
+    assert result_bytes(run) == expected, "the requeued run differs from an uninterrupted run"
+
+
+def test_bad_image_fails_alone_and_the_job_finishes_the_others(cluster, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_bad.png").write_bytes(b"this is not a png")
+    good = write_person(folder / "b_good.png")
+    expected = reference(good, tmp_path / "ref")
+    out = tmp_path / "out"
+    sub = submit_batch([folder], out, small_config(), BatchOptions(images_per_job=2, **OPTIONS),
+                       stages=double_stages())
+    (job,) = sub["jobs"]
+    wait_batch_over(cluster, out)
+    bad = manifest(out / "a_bad")
+    assert bad["status"] == "failed" and "a_bad.png" in bad["error"] and bad["extra"]["slurm_job_id"] == job
+    assert manifest(out / "b_good")["status"] == "done"
+    assert result_bytes(out / "b_good") == expected
+    assert job_result(out, job) == ("success", {"a_bad": "failed", "b_good": "done"})
+    text = status_text([out])
+    assert "2 images: 1 done, 0 running, 0 queued, 1 failed" in text and "not an image" in text
