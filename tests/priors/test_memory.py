@@ -54,3 +54,18 @@ def test_xformers_matches_sdpa_on_cuda():
     xf = memory.prepare(tiny.unet(), Config(dtype="fp32", attention="xformers"), "cuda")
     with torch.no_grad():
         torch.testing.assert_close(xf(x, 5, ctx).sample, sdpa(x, 5, ctx).sample, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.requires_cuda
+def test_sequential_offload_keeps_weights_on_the_cpu_and_matches():
+    x, ctx = torch.randn(1, 4, 8, 8, device="cuda"), torch.randn(1, 77, tiny.WIDTH, device="cuda")
+    plain = memory.prepare(tiny.unet(), Config(dtype="fp32"), "cuda")
+    offload = memory.prepare(tiny.unet(), Config(dtype="fp32", cpu_offload=True), "cuda")
+    assert next(offload.parameters()).device.type == "cpu"
+    with torch.no_grad():
+        torch.testing.assert_close(offload(x, 5, ctx).sample, plain(x, 5, ctx).sample)
+
+
+def test_offload_is_ignored_on_the_cpu():
+    unet = memory.prepare(tiny.unet(), Config(cpu_offload=True), "cpu")
+    assert all(getattr(m, "_diffusers_hook", None) is None for m in unet.modules())  # no offload hooks
