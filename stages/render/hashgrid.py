@@ -164,7 +164,7 @@ def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
 
 def _to_features(levels: Tensor) -> Tensor:
     """(L, N, F) per-level features -> (N, L * F)."""
-    return levels.permute(1, 0, 2).reshape(levels.shape[1], -1)
+    return levels.permute(1, 0, 2).reshape(levels.shape[1], levels.shape[0] * levels.shape[2])
 
 
 class HashGrid(nn.Module):
@@ -235,7 +235,7 @@ class HashGrid(nn.Module):
             layout = self.layout()
             parts = [_to_features(_HashGather.apply(self.table, *corner_indices(p.float(), *layout)))
                      for p in x.split(self.chunk)]
-            out = torch.cat(parts).reshape(x.shape[0], -1) if parts else x.new_zeros(0, self.out_dim)
+            out = torch.cat(parts) if parts else x.new_zeros(0, self.out_dim)
         if n_active is not None and n_active < self.n_levels:
             mask = torch.zeros(self.n_levels, self.features_per_level, device=x.device)
             mask[:n_active] = 1

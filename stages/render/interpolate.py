@@ -23,7 +23,7 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, backend: str = "auto") 
 
     Example:
         >>> rast = torch.tensor([[[[0.2, 0.3, 0.0, 1.0]]]])
-        >>> interpolate(torch.tensor([[1.0], [2.0], [4.0]]), rast, torch.tensor([[0, 1, 2]])).item()
+        >>> round(interpolate(torch.tensor([[1.0], [2.0], [4.0]]), rast, torch.tensor([[0, 1, 2]])).item(), 4)
         2.8
     """
     assert rast.dim() == 4 and rast.shape[-1] == 4, rast.shape

@@ -56,7 +56,7 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn, decay: float = 0.95, generator: torch.Generator | None = None,
-               chunk: int = 2**18) -> None:
+               chunk: int = 2**18, dilation: int = 1) -> None:
         """Re-evaluate the density at one jittered point per cell and refresh the occupancy.
 
         Args:
@@ -64,6 +64,8 @@ class OccupancyGrid(nn.Module):
             decay: EMA decay; the new value is ``max(decay * old, new)``.
             generator: random generator for the jitter.
             chunk: points per density call.
+            dilation: occupied cells also mark this many neighbouring cells occupied (a cell whose
+                jittered sample missed a thin occupied part is then still rendered).
         """
         cell = 2 * self.radius / self.resolution
         centres = self.cell_centres()
@@ -72,7 +74,12 @@ class OccupancyGrid(nn.Module):
         new = torch.cat([density_fn(p).float().reshape(-1) for p in pts.split(chunk)])
         self.density.copy_(torch.maximum(self.density * decay, new))
         opacity = 1 - torch.exp(-self.density * self.step_size)
-        self.occupied.copy_(opacity > min(self.threshold, float(opacity.mean())))
+        occupied = opacity > min(self.threshold, float(opacity.mean()))
+        if dilation > 0:
+            r, k = self.resolution, 2 * dilation + 1
+            grid = occupied.float().reshape(1, 1, r, r, r)
+            occupied = nn.functional.max_pool3d(grid, k, stride=1, padding=dilation).reshape(-1) > 0
+        self.occupied.copy_(occupied)
 
     def occupied_fraction(self) -> float:
         """Share of occupied cells."""

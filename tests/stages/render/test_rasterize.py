@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from stages.render.cameras import orbit_cameras, reference_camera
+from stages.render.mesh_render import face_normals, render_mesh, vertex_normals
+from stages.render.rasterize import rasterize, transform_to_clip
+
+from .helpers import icosphere, sphere_hits
+
+
+def _quad(z=0.0):
+    pos = torch.tensor([[-0.9, -0.9, z, 1.0], [0.9, -0.9, z, 1.0], [0.9, 0.9, z, 1.0], [-0.9, 0.9, z, 1.0]])
+    return pos, torch.tensor([[0, 1, 2], [0, 2, 3]])
+
+
+def test_sphere_mask_depth_normal_exact():
+    verts, faces = icosphere(5, 0.5)
+    cam = orbit_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.5]), torch.tensor([40.0]))
+    out = render_mesh(verts, faces, cam, 96, 96, aa=False)
+    o, d = cam.rays(96, 96)
+    hit, t, normal, disc = sphere_hits(o, d, 0.5)
+    mask = out["mask"][..., 0] > 0
+    # only pixels within the facet sagitta of the silhouette may differ
+    assert (mask != hit).float().mean() < 0.005
+    inner = hit & (disc > 0.01)
+    torch.testing.assert_close(out["depth"][..., 0][inner], t[inner], atol=2e-3, rtol=0)
+    torch.testing.assert_close(out["normal"][inner], normal[inner], atol=2e-2, rtol=0)
+    assert (out["depth"][~mask] == 0).all()
+
+
+def test_shared_edges_leave_no_holes():
+    verts, faces = icosphere(4, 0.5)
+    for azim in (0.0, 33.0, 71.0):
+        cam = orbit_cameras(torch.tensor([10.0]), torch.tensor([azim]), torch.tensor([2.0]), torch.tensor([40.0]))
+        rast = rasterize(transform_to_clip(verts, cam.mvp()), faces, (128, 128))
+        o, d = cam.rays(128, 128)
+        _, _, _, disc = sphere_hits(o, d, 0.49)  # strictly inside the mesh's silhouette
+        assert (rast[..., 3][disc > 0.01] > 0).all()
+
+
+def test_nearest_triangle_wins():
+    far, tri = _quad(0.5)
+    near, _ = _quad(-0.5)
+    near[:, :2] *= 0.5
+    pos = torch.cat([far, near])
+    tris = torch.cat([tri, tri + 4])
+    rast = rasterize(pos, tris, (16, 16))
+    ids = rast[0, ..., 3]
+    assert set(ids[8, 8:9].tolist()) <= {3.0, 4.0}  # centre shows the near quad (faces 2, 3 -> ids 3, 4)
+    assert set(ids[1, 1:2].tolist()) <= {1.0, 2.0}
+    torch.testing.assert_close(rast[0, 8, 8, 2], torch.tensor(-0.5))
+
+
+def test_barycentrics_reproduce_position():
+    pos, tri = _quad()
+    rast = rasterize(pos, tri, (10, 10))
+    from stages.render.interpolate import interpolate
+    xy = interpolate(pos[:, :2], rast, tri)[0]
+    centres = (torch.arange(10).float() + 0.5) / 10 * 2 - 1
+    covered = rast[0, ..., 3] > 0
+    torch.testing.assert_close(xy[..., 0][covered], centres[None].expand(10, 10)[covered])
+    torch.testing.assert_close(xy[..., 1][covered], centres[:, None].expand(10, 10)[covered])
+
+
+def test_small_chunks_and_large_triangles_match():
+    """Chunking candidates (even a single triangle over many chunks) changes nothing."""
+    verts, faces = icosphere(3, 0.5)
+    big = torch.tensor([[-3.0, -3, 0.9, 1], [3, -3, 0.9, 1], [0, 3, 0.9, 1]])
+    pos = torch.cat([transform_to_clip(verts, reference_camera(fovy=40).mvp())[0], big])
+    tris = torch.cat([faces, torch.tensor([[len(verts), len(verts) + 1, len(verts) + 2]])])
+    ref = rasterize(pos, tris, (64, 64))
+    small = rasterize(pos, tris, (64, 64), chunk=97)
+    torch.testing.assert_close(small, ref)
+    assert (ref[..., 3] > 0).float().mean() > 0.9
+
+
+def test_behind_camera_and_clipped_triangles_are_skipped():
+    pos = torch.tensor([[-1.0, -1, 0, -1], [1, -1, 0, -1], [0, 1, 0, -1], [-1, -1, 2, 1], [1, -1, 2, 1], [0, 1, 2, 1]])
+    rast = rasterize(pos, torch.tensor([[0, 1, 2], [3, 4, 5]]), (8, 8))
+    assert (rast[..., 3] == 0).all()
+
+
+def test_batch_matches_single_views():
+    verts, faces = icosphere(2, 0.5)
+    cams = orbit_cameras(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 90.0]), torch.tensor([2.0, 2.5]),
+                         torch.tensor([40.0, 30.0]))
+    both = rasterize(transform_to_clip(verts, cams.mvp()), faces, (32, 32))
+    for i in range(2):
+        one = rasterize(transform_to_clip(verts, cams[i].mvp()), faces, (32, 32))
+        torch.testing.assert_close(both[i:i + 1], one)
+
+
+def test_normals_point_outward():
+    verts, faces = icosphere(2, 0.5)
+    fn = face_normals(verts, faces)
+    centres = verts[faces].mean(1)
+    assert ((fn * centres).sum(-1) > 0).all()
+    vn = vertex_normals(verts, faces)
+    torch.testing.assert_close(vn, torch.nn.functional.normalize(verts, dim=-1), atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["bogus"])
+def test_unknown_backend_is_refused(backend):
+    pos, tri = _quad()
+    with pytest.raises(AssertionError):
+        rasterize(pos, tri, (4, 4), backend=backend)
+
+
+def test_nvdiffrast_backend_refused_without_cuda():
+    pos, tri = _quad()
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the refusal only happens without it")
+    with pytest.raises(RuntimeError, match="nvdiffrast"):
+        rasterize(pos, tri, (4, 4), backend="nvdiffrast")
