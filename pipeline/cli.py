@@ -77,14 +77,20 @@ def _batch_parser(sub) -> None:
     _common(b)
 
 
+LOGGERS = ("geneman", "priors", "stages")
+"""The loggers of the packages (pipeline logs as ``geneman``; priors and stages by module name)."""
+
+
 def setup_logging(debug: bool, quiet: bool) -> None:
     """Log to stderr: short lines on a terminal, timestamped lines otherwise."""
     handler = logging.StreamHandler(sys.stderr)
     fmt = "geneman: %(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
 def cmd_run(args) -> int:

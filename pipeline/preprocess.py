@@ -21,7 +21,7 @@ from stages.inputs import Inputs
 
 log = logging.getLogger("geneman")
 
-DepthNormalFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+DepthNormalFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray | None, np.ndarray | None]"]
 
 
 @dataclass
@@ -38,8 +38,8 @@ class Config:
     """A mask covering less of the photo than this means no person was found."""
     max_pixels: int = 100_000_000
     """Photos with more pixels are refused (decompression-bomb guard)."""
-    depth_normal: str = "auto"
-    """Sapiens depth/normal: ``required`` (missing weights stop the run), ``auto`` (skip with a warning) or ``off``."""
+    depth_normal: bool = True
+    """Estimate depth and normal maps with Sapiens (missing weights: see ``priors.sapiens_optional``)."""
 
 
 def read_photo(path: Path, max_pixels: int) -> Image.Image:
@@ -195,25 +195,23 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str,
         mask_path: optional mask file (white = person).
         cfg: preprocess config.
         prompt: text prompt to carry to the stages.
-        depth_normal: ``(rgb uint8 [H, W, 3], mask [H, W]) -> (depth [H, W] in [0, 1], normal [H, W, 3])``
-            or None when no estimator is available (``cfg.depth_normal`` must then not be ``required``).
+        depth_normal: ``(rgb uint8 [H, W, 3], mask [H, W]) -> (depth [H, W] in [0, 1], normal [H, W, 3])``,
+            either of them None when its estimator is missing; None: no estimator at all.
     """
     img = read_photo(photo, cfg.max_pixels)
     mask = person_mask(img, mask_path, cfg, photo)
     rgb8 = np.asarray(img.convert("RGB"))
-    extra = []
-    if depth_normal is not None and cfg.depth_normal != "off":
+    depth = normal = None
+    if cfg.depth_normal and depth_normal is not None:
         depth, normal = depth_normal(rgb8, mask)
-        extra = [depth.astype(np.float32), normal.astype(np.float32)]
-    elif cfg.depth_normal == "required":
-        raise InputError("preprocess.depth_normal=required but no depth/normal estimator is available; "
-                         "check `geneman weights check` or set preprocess.depth_normal=auto")
-    elif cfg.depth_normal == "auto":
-        log.warning("no depth/normal estimator available: depth and normal maps are skipped for %s", photo)
+    if cfg.depth_normal and (depth is None or normal is None):
+        log.warning("depth/normal estimation incomplete for %s (depth: %s, normal: %s): the stages run without "
+                    "the missing maps", photo, "yes" if depth is not None else "no", "yes" if normal is not None else "no")
+    extra = [a.astype(np.float32) for a in (depth, normal) if a is not None]
     rgb, m, moved = recentre(rgb8.astype(np.float32) / 255.0, mask, cfg.canvas, cfg.fill, extra)
-    depth_t = torch.from_numpy(moved[0]) if moved else None
+    moved_iter, inside = iter(moved), torch.from_numpy(m) > 0.5
+    depth_t = torch.from_numpy(next(moved_iter)) * inside if depth is not None else None
     normal_t = None
-    if moved:
-        n = torch.from_numpy(moved[1])
-        normal_t = torch.nn.functional.normalize(n, dim=-1) * (torch.from_numpy(m)[..., None] > 0.5)
+    if normal is not None:
+        normal_t = torch.nn.functional.normalize(torch.from_numpy(next(moved_iter)), dim=-1) * inside[..., None]
     return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t, prompt=prompt)

@@ -10,9 +10,9 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from pipeline import preprocess
+from pipeline import models, preprocess
 from pipeline.config import RunConfig, from_yaml_file, to_yaml
 from pipeline.errors import InputError
 from pipeline.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
@@ -33,10 +33,13 @@ def sha256_file(path: Path) -> str:
 
 
 def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
-          stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = None,
-          depth_normal: Callable | None = None, from_stage: str | None = None, quiet: bool = False,
+          stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = models.AUTO,
+          depth_normal: Any = models.AUTO, from_stage: str | None = None, quiet: bool = False,
           signals: Iterable[int] = DEFAULT_SIGNALS) -> Any:
     """Run ``photo`` into the run folder ``out`` (continuing it when it holds a run of the same photo).
+
+    ``priors`` and ``depth_normal`` are resolved by :func:`pipeline.models.prepare` (default: a
+    PriorSet built from ``cfg``, its weights checked before the folder is touched).
 
     Returns:
         The last stage's Result.
@@ -52,6 +55,7 @@ def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
     preprocess.person_mask(img, mask, cfg.preprocess, photo)
     sha = sha256_file(photo)
     mask_sha = sha256_file(mask) if mask else ""
+    priors, depth_normal = models.prepare(cfg, stages, priors, depth_normal)
     store = RunStore(out)
     if store.exists():
         held = store.load().input
@@ -66,8 +70,8 @@ def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
         return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
 
 
-def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = None,
-           depth_normal: Callable | None = None, from_stage: str | None = None, quiet: bool = False,
+def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = models.AUTO,
+           depth_normal: Any = models.AUTO, from_stage: str | None = None, quiet: bool = False,
            signals: Iterable[int] = DEFAULT_SIGNALS, cfg: RunConfig | None = None) -> Any:
     """Continue the run in ``out`` with its stored config (or ``cfg``, which invalidates what it changes)."""
     out = Path(out)
@@ -79,8 +83,8 @@ def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any 
         store.load()
         if cfg is None:
             cfg = from_yaml_file(out / CONFIG)
-        else:
-            store.write_text(CONFIG, to_yaml(cfg))
+        priors, depth_normal = models.prepare(cfg, stages, priors, depth_normal)
+        store.write_text(CONFIG, to_yaml(cfg))
         return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
 
 

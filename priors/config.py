@@ -42,11 +42,7 @@ class Config:
     """TorchScript file of the Sapiens depth estimator inside ``sapiens_depth``."""
     sapiens_optional: bool = False
     """Missing Sapiens weights disable the depth / normal losses with a warning instead of stopping."""
-    prompt: str = "a high-resolution DSLR image of a person"
-    """Text prompt of the 2D priors when no caption exists."""
-    negative_prompt: str = ""
-    """Negative prompt (the unconditional branch of classifier-free guidance)."""
-    cfg_variant: str = "standard"
+    cfg_variant: str = "release"
     """CFG form of the GeneMAN 2D prior's SDS: ``standard`` (u + s (c - u)) or ``release`` (c + s (c - u)).
 
     The release uses ``release`` there and the standard form for the 3D prior, the adapted guidance

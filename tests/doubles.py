@@ -96,5 +96,5 @@ def small_config(sets: list[str] = ()):
     from pipeline.config import load_config
 
     base = ["geometry_init.steps=12", "geometry_sculpt.steps=6", "texture_coarse.steps=6", "texture_refine.steps=6",
-            "checkpoint.every_n_steps=1", "checkpoint.keep_last=2", "preprocess.depth_normal=off"]
+            "checkpoint.every_n_steps=1", "checkpoint.keep_last=2", "preprocess.depth_normal=false"]
     return load_config("cpu", None, base + list(sets))

@@ -24,9 +24,9 @@ def main(argv=None) -> int:
     setup_logging(False, True)
     try:
         if args.command == "run":
-            session.start(args.paths[0], args.paths[1], small_config(args.sets), stages=double_stages(), quiet=True)
+            session.start(args.paths[0], args.paths[1], small_config(args.sets), stages=double_stages(), priors=None, depth_normal=None, quiet=True)
         else:
-            session.resume(args.paths[0], stages=double_stages(), quiet=True)
+            session.resume(args.paths[0], stages=double_stages(), priors=None, depth_normal=None, quiet=True)
     except GenemanError as e:
         print(f"geneman: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -19,7 +19,7 @@ def result_bytes(run: Path) -> dict[str, bytes]:
 
 def reference(photo: Path, out: Path) -> dict[str, bytes]:
     """Run ``photo`` uninterrupted in this process (test doubles) and return its results."""
-    session.start(photo, out, small_config(), stages=double_stages(), quiet=True)
+    session.start(photo, out, small_config(), stages=double_stages(), priors=None, depth_normal=None, quiet=True)
     return result_bytes(out)
 
 

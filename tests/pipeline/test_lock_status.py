@@ -65,7 +65,7 @@ def test_status_table(tmp_path, photo, capsys, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("GENEMAN_TEST_FAIL", "texture_coarse:2")
     with pytest.raises(Exception):
-        session.start(photo, out, small_config(), stages=double_stages(), quiet=True)
+        session.start(photo, out, small_config(), stages=double_stages(), priors=None, depth_normal=None, quiet=True)
     assert main(["status", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{out}: failed") and "photo=person.png" in lines[0]
@@ -84,7 +84,7 @@ def test_status_of_a_non_run_is_an_error(tmp_path, capsys):
 
 def test_real_cli_stops_after_preprocess_naming_the_missing_stage(tmp_path, photo, capsys):
     out = tmp_path / "out"
-    code = main(["run", str(photo), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=off"])
+    code = main(["run", str(photo), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"])
     err = capsys.readouterr().err
     assert code == 3
     assert "stage geometry_init is not built yet" in err and "Traceback" not in err

@@ -7,7 +7,6 @@ from PIL import Image
 
 from pipeline import preprocess
 from pipeline.cli import main
-from pipeline.errors import InputError
 
 
 def person_rgba(w=96, h=128) -> Image.Image:
@@ -136,7 +135,7 @@ def test_alpha_mask_recentre_geometry():
 def test_run_writes_inputs(tmp_path):
     p = tmp_path / "person.png"
     person_rgba().save(p)
-    inputs = preprocess.run(p, None, preprocess.Config(canvas=128, depth_normal="off"), "a person")
+    inputs = preprocess.run(p, None, preprocess.Config(canvas=128, depth_normal=False), "a person")
     assert inputs.rgb.shape == (128, 128, 3) and inputs.mask.shape == (128, 128) and inputs.depth is None
     inputs.save(tmp_path / "res")
     back = type(inputs).load(tmp_path / "res")
@@ -144,11 +143,14 @@ def test_run_writes_inputs(tmp_path):
     assert (tmp_path / "res" / "rgba.png").is_file()
 
 
-def test_depth_normal_required_without_estimator(tmp_path):
+def test_missing_estimator_warns_and_leaves_maps_out(tmp_path, caplog):
+    import logging
     p = tmp_path / "person.png"
     person_rgba().save(p)
-    with pytest.raises(InputError, match="depth_normal=required"):
-        preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal="required"), "")
+    with caplog.at_level(logging.WARNING, logger="geneman"):
+        inputs = preprocess.run(p, None, preprocess.Config(canvas=64), "", depth_normal=lambda rgb, m: (None, None))
+    assert inputs.depth is None and inputs.normal is None
+    assert "depth: no, normal: no" in caplog.text
 
 
 def test_depth_normal_estimator_output_moves_with_the_photo(tmp_path):
@@ -181,7 +183,7 @@ def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
     good = tmp_path / "person.png"
     person_rgba().save(good)
     out = tmp_path / "out"
-    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=off"]) == 3
+    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"]) == 3
     capsys.readouterr()
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     bad = tmp_path / "bad.png"
@@ -196,7 +198,7 @@ def test_resume_with_set_redoes_preprocess(tmp_path, capsys):
     good = tmp_path / "person.png"
     person_rgba().save(good)
     out = tmp_path / "out"
-    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=off"]) == 3
+    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"]) == 3
     first = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
     assert main(["resume", str(out), "--set", "preprocess.fill=0.5"]) == 3
     second = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]

@@ -83,7 +83,8 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(tmp_path, straight
 
 
 def run_doubles(photo, out, sets=(), **kw):
-    return session.start(photo, out, small_config(list(sets)), stages=double_stages(), quiet=True, **kw)
+    return session.start(photo, out, small_config(list(sets)), stages=double_stages(), priors=None, depth_normal=None,
+                         quiet=True, **kw)
 
 
 def finished(out):
@@ -136,7 +137,7 @@ def test_failure_is_recorded_and_resume_continues(tmp_path, photo, monkeypatch):
     assert m["status"] == "failed" and m["stages"]["geometry_sculpt"]["state"] == "failed"
     assert "injected failure" in (out / "02_geometry_sculpt" / "error.log").read_text()
     monkeypatch.delenv("GENEMAN_TEST_FAIL")
-    session.resume(out, stages=double_stages(), quiet=True)
+    session.resume(out, stages=double_stages(), priors=None, depth_normal=None, quiet=True)
     m = manifest(out)
     assert m["status"] == "done" and m["stages"]["geometry_sculpt"]["error"] == ""
 
