@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline import cli_tools
 from pipeline.errors import GenemanError
 
 log = logging.getLogger("geneman")
@@ -26,6 +27,8 @@ def _config_args(p: argparse.ArgumentParser, preset_default: str | None) -> None
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set geometry_init.steps=100 (repeatable)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
+    p.add_argument("--weights", metavar="DIR", help="folder of pretrained weights, <DIR>/<hub id>/<file> "
+                   "(default: priors.weights_dir, else the Hugging Face cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="change a config value of the run (invalidates that stage and later ones)")
     res.add_argument("--device", help="cpu, cuda or cuda:N")
+    res.add_argument("--weights", metavar="DIR", help="folder of pretrained weights")
     _common(res)
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
     _common(st)
     _batch_parser(sub)
+    cli_tools.add_parsers(sub, _config_args, _common)
     ex = sub.add_parser("export", help="write the final mesh of a finished run")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
@@ -93,11 +98,21 @@ def setup_logging(debug: bool, quiet: bool) -> None:
         logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
+def cli_sets(args) -> list[str]:
+    """``--set`` values plus what ``--device`` and ``--weights`` stand for."""
+    sets = list(args.sets)
+    if getattr(args, "device", None):
+        sets.append(f"device={args.device}")
+    if getattr(args, "weights", None):
+        sets.append(f"priors.weights_dir={args.weights}")
+    return sets
+
+
 def cmd_run(args) -> int:
     from pipeline import session
     from pipeline.config import load_config
 
-    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    sets = cli_sets(args)
     cfg = load_config(args.preset, args.config, sets)
     session.start(args.image, args.out, cfg, mask=args.mask, from_stage=args.from_stage, quiet=args.quiet)
     log.info("done: %s", args.out)
@@ -109,7 +124,7 @@ def cmd_resume(args) -> int:
     from pipeline.config import load_config
 
     cfg = None
-    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    sets = cli_sets(args)
     if sets:
         session.RunStore(args.out).load()
         cfg = load_config(None, args.out / session.CONFIG, sets)
@@ -122,7 +137,7 @@ def cmd_batch(args) -> int:
     from pipeline.batch import BatchOptions, submit_batch
     from pipeline.config import load_config
 
-    sets = list(args.sets) + ([f"device={args.device}"] if args.device else [])
+    sets = cli_sets(args)
     cfg = load_config(args.preset, args.config, sets)
     time_limit = args.time or ("24:00:00" if args.executor == "slurm" else None)
     options = BatchOptions(executor=args.executor, partition=args.partition, gpus_per_job=args.gpus_per_job,
@@ -152,7 +167,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch,
+            "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile}
 
 
 def main(argv: list[str] | None = None) -> int:

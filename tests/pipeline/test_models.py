@@ -64,3 +64,23 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device is visible; use --device cpu"):
             resolve_device("cuda")
+
+
+def test_weights_check_command(tmp_path, tiny_weights, capsys):
+    folder, prior_3d = tiny_weights
+    assert main(["weights", "check", "--weights", str(folder), "--set", f"priors.prior_3d_diffusers={prior_3d}"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("9/9 weights found")
+    assert main(["weights", "check", "--weights", str(tmp_path), "--stage", "geometry_sculpt"]) == 2
+    out = capsys.readouterr().out
+    assert "normal_adapted" in out and "MISSING" in out and "prior_3d" not in out
+    assert str(tmp_path / "xanderhuang" / "depth-adapted-sd1.5") in out
+
+
+def test_profile_command(capsys):
+    assert main(["profile", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "in PFLOP" in out
+    total = next(line for line in out.splitlines() if line.startswith("| **total**"))
+    diffusion = float(total.split("|")[6])
+    assert 59 <= diffusion <= 100  # the published 59-100 PFLOP per avatar
