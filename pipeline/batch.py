@@ -197,8 +197,10 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     return states
 
 
-def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict) -> tuple[list, dict[str, str]]:
+def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict, cfg: RunConfig) -> tuple[list, dict[str, str]]:
     """Split the images into those to submit and those skipped (with why).
+
+    Skipped: runs done with the same config, and images whose job Slurm still lists as active.
 
     Raises:
         InputError: a name was given to another photo in an earlier submission to ``out``.
@@ -213,7 +215,7 @@ def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict) -> tuple[li
     todo, skipped = [], {}
     for name, photo in named:
         job = held.get(name, {}).get("job_id", "")
-        if is_done(out / name):
+        if is_done(out / name, cfg):
             skipped[name] = "done"
         elif active.get(job) in ACTIVE_SLURM_STATES:
             skipped[name] = f"job {job} {active[job].lower()}"
@@ -282,7 +284,7 @@ def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, option
     out.mkdir(parents=True, exist_ok=True)
     with RunStore(out).lock():
         record = load_record(out)
-        todo, skipped = plan(out, named, record)
+        todo, skipped = plan(out, named, record, cfg)
         for name, why in skipped.items():
             log.info("batch: skipping %s (%s)", name, why)
         for name, photo in named:
@@ -291,11 +293,11 @@ def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, option
         jobs = [BatchJob(out, [(n, str(p)) for n, p in g], cfg, tuple(stages), priors_factory, quiet) for g in groups]
         submission = {"time": now(), "options": asdict(options), "job_ids": [], "images": len(todo)}
         record["submissions"].append(submission)
-        save_record(out, record)
         if jobs:
             executor = make_executor(out, options)
             launch = run_local if options.executor == "local" else submit_slurm
             launch(out, record, executor, groups, jobs, options)
+        save_record(out, record)
     log.info("batch: %d image(s) in %d job(s) %s; %d skipped", len(todo), len(submission["job_ids"]),
              " ".join(submission["job_ids"]), len(skipped))
     return {"jobs": submission["job_ids"], "todo": [n for n, _ in todo], "skipped": skipped}
@@ -312,8 +314,19 @@ def _note_job(out: Path, record: dict, group: list, job, options: BatchOptions) 
 
 
 def submit_slurm(out: Path, record: dict, executor, groups: list, jobs: list, options: BatchOptions) -> None:
-    """Submit ``jobs`` as one Slurm job array and record their ids."""
-    for group, job in zip(groups, executor.submit_array(jobs)):
+    """Submit ``jobs`` as one Slurm job array and record their ids.
+
+    Raises:
+        ConfigError: sbatch refused the jobs (its message says why: partition, time, memory...).
+    """
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        submitted = executor.submit_array(jobs)
+    except (FailedJobError, FailedSubmissionError) as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(f"sbatch refused the jobs: {lines[-1] if lines else e}") from None
+    for group, job in zip(groups, submitted):
         _note_job(out, record, group, job, options)
 
 

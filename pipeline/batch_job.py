@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline import session
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
 from pipeline.store import RunStore
@@ -134,7 +134,8 @@ class BatchJob:
                 if state == "interrupted":  # a stop signal reached the session: end the job here
                     break
         log.info("batch job: %s", ", ".join(f"{k}={v}" for k, v in self.results.items()) or "nothing run")
-        if sig.preempted and os.environ.get("SUBMITIT_EXECUTOR"):
+        unfinished = len(self.results) < len(self.images) or "interrupted" in self.results.values()
+        if sig.preempted and unfinished and os.environ.get("SUBMITIT_EXECUTOR"):
             signal.raise_signal(PREEMPT_SIGNAL)  # submitit's handler: checkpoint(), requeue, exit
         return self.results
 
@@ -153,12 +154,14 @@ def _setup_job_logging() -> None:
         setup_logging(False, False)
 
 
-def is_done(folder: Path) -> bool:
-    """True when ``folder`` holds a finished run."""
+def is_done(folder: Path, cfg: RunConfig | None = None) -> bool:
+    """True when ``folder`` holds a finished run (of config ``cfg``, when given)."""
     store = RunStore(folder)
     try:
-        return store.exists() and store.load().status == "done"
-    except GenemanError:
+        if not (store.exists() and store.load().status == "done"):
+            return False
+        return cfg is None or (folder / session.CONFIG).read_text() == to_yaml(cfg)
+    except (GenemanError, OSError):
         return False
 
 
@@ -170,7 +173,7 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
         done, skipped (done before), failed, busy (another process holds it) or interrupted.
     """
     folder = out / name
-    if is_done(folder):
+    if is_done(folder, cfg):
         tag_run(folder, {**job_ids(), "batch_error": ""})
         return "skipped"
     _drop_placeholder(folder)

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from pipeline import cli
-from pipeline.batch import BatchOptions, load_record, parse_time, resolve_inputs, run_names, submit_batch
+from pipeline.batch import BatchOptions, load_record, parse_time, plan, resolve_inputs, run_names, submit_batch
 from pipeline.batch_job import BatchJob, job_ids
 from pipeline.errors import ConfigError, InputError
 from pipeline.status import status_text
@@ -91,6 +91,31 @@ def test_preemption_signal_checkpoints_and_the_next_job_resumes_bitwise(tmp_path
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0")
     assert again() == {"person": "done", "later": "done"}
     assert result_bytes(run) == expected
+
+
+def test_sigterm_mid_stage_stops_the_job_without_taking_the_next_image(tmp_path, monkeypatch):
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
+    out = tmp_path / "out"
+    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), quiet=True)
+    fire = threading.Thread(target=lambda: wait_until(lambda: stage_step(out / "person", "geometry_init") >= 2, 60,
+                                                      "step 2") and os.kill(os.getpid(), signal.SIGTERM))
+    fire.start()
+    assert job() == {"person": "interrupted"}
+    fire.join()
+    assert manifest(out / "person")["status"] == "interrupted" and not (out / "later").exists()
+
+
+def test_resubmit_skips_done_runs_unless_the_config_changed(tmp_path):
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    out = tmp_path / "out"
+    reference(photo, out / "person")
+    named = [("person", photo)]
+    assert plan(out, named, {"images": {}}, small_config()) == ([], {"person": "done"})
+    changed = small_config(["texture_refine.steps=7"])
+    assert plan(out, named, {"images": {}}, changed) == (named, {})
+    with pytest.raises(InputError, match="already belongs to"):
+        plan(out, named, {"images": {"person": {"photo": "/elsewhere/person.png"}}}, small_config())
 
 
 def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, capsys):

@@ -10,6 +10,7 @@ import pickle
 import pytest
 
 from pipeline.batch import BatchOptions, load_record, submit_batch
+from pipeline.errors import ConfigError
 from pipeline.status import status_text
 from submitit.core.utils import JobPaths
 from tests.doubles import double_stages, small_config
@@ -151,3 +152,11 @@ def test_bad_image_fails_alone_and_the_job_finishes_the_others(cluster, tmp_path
     assert job_result(out, job) == ("success", {"a_bad": "failed", "b_good": "done"})
     text = status_text([out])
     assert "2 images: 1 done, 0 running, 0 queued, 1 failed" in text and "not an image" in text
+
+
+def test_sbatch_refusal_is_one_clear_error(cluster, tmp_path):
+    photo = write_person(tmp_path / "person.png")
+    with pytest.raises(ConfigError, match="sbatch refused the jobs: .*[Pp]artition"):
+        submit_batch([photo], tmp_path / "out", small_config(), BatchOptions(**{**OPTIONS, "partition": "nosuch"}),
+                     stages=double_stages())
+    assert not (tmp_path / "out" / "batch.json").exists()  # nothing recorded for a submission that did not happen
