@@ -27,7 +27,8 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
 
 def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, width: int,
                 attrs: Tensor | None = None, smooth_normals: bool = True, aa: bool = True,
-                topology: Topology | None = None, backend: str = "auto") -> dict[str, Tensor]:
+                topology: Topology | None = None, backend: str = "auto",
+                cull_backfaces: bool = False) -> dict[str, Tensor]:
     """Render a mesh from a batch of cameras.
 
     Args:
@@ -40,6 +41,7 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
         aa: antialias the mask, normal and attribute maps (silhouette gradients).
         topology: :func:`stages.render.antialias.build_topology` of ``faces``, reused across calls.
         backend: rasteriser backend, see :func:`stages.render.rasterize.rasterize`.
+        cull_backfaces: skip back faces; only for closed, outward-oriented meshes (see ``rasterize``).
 
     Returns:
         ``mask`` (B, H, W, 1); ``depth`` (B, H, W, 1), distance along each pixel's ray, 0 on background;
@@ -48,7 +50,7 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
     """
     faces = faces.long()
     pos = transform_to_clip(verts, cameras.mvp(width / height).to(verts.device))
-    rast = rasterize(pos, faces, (height, width), backend=backend)
+    rast = rasterize(pos, faces, (height, width), backend=backend, cull_backfaces=cull_backfaces)
     mask = (rast[..., 3:] > 0).to(verts.dtype)
     world = interpolate(verts, rast, faces, backend=backend)
     depth = (world - cameras.position.to(verts)[:, None, None, :]).norm(dim=-1, keepdim=True) * mask

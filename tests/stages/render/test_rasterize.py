@@ -112,3 +112,16 @@ def test_nvdiffrast_backend_refused_without_cuda():
         pytest.skip("CUDA present: the refusal only happens without it")
     with pytest.raises(RuntimeError, match="nvdiffrast"):
         rasterize(pos, tri, (4, 4), backend="nvdiffrast")
+
+
+def test_backface_culling_keeps_closed_mesh_image():
+    verts, faces = icosphere(4, 0.45)
+    cam = reference_camera()
+    pos = transform_to_clip(verts, cam.mvp())
+    full = rasterize(pos, faces, (128, 128))
+    culled = rasterize(pos, faces, (128, 128), cull_backfaces=True)
+    assert (full[..., 3] == culled[..., 3]).float().mean() > 0.999
+    # a quad facing the camera (clockwise in NDC under the y-flipped projection) stays, its back goes
+    quad, tri = _quad()
+    assert (rasterize(quad, tri[:, [0, 2, 1]], (8, 8), cull_backfaces=True)[..., 3] > 0).all()
+    assert (rasterize(quad, tri, (8, 8), cull_backfaces=True)[..., 3] == 0).all()
