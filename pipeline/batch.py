@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.batch_job import BatchJob, is_done
+from pipeline.batch_job import LOGS, BatchJob, is_done
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, InputError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
@@ -35,7 +35,6 @@ from pipeline.store import RunStore, atomic_write_bytes, now
 log = logging.getLogger("geneman")
 
 BATCH_FILE = "batch.json"
-LOGS = "logs"
 RESERVED = {BATCH_FILE, LOGS}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -248,7 +247,8 @@ def make_executor(out: Path, options: BatchOptions):
         raise ConfigError("--executor slurm: sbatch not found on this machine; run on a Slurm login node, "
                           "or use --executor local")
     ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
-    params: dict[str, Any] = {"signal_delay_s": options.signal_delay_s, "setup": setup, "job_name": "geneman"}
+    params: dict[str, Any] = {"signal_delay_s": options.signal_delay_s, "setup": setup, "job_name": "geneman",
+                              "additional_parameters": {"requeue": True}}  # allow scontrol requeue where JobRequeue=0
     for key, value in (("partition", options.partition), ("mem", options.mem), ("cpus_per_task", options.cpus_per_job),
                        ("gpus_per_node", options.gpus_per_job or None),
                        ("time", parse_time(options.time) if options.time else None),
@@ -350,3 +350,13 @@ def run_local(out: Path, record: dict, executor, groups: list, jobs: list, optio
         for job in running:
             job.cancel(check=False)
         raise
+    finally:
+        _remove_empty(out / LOGS / "%j")
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` when it exists and is empty (submitit's local executor leaves ``logs/%j``)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        return

@@ -15,6 +15,7 @@ limit) also checkpoints and stops the job, but does not requeue it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from pipeline import session
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
-from pipeline.store import RunStore
+from pipeline.store import LOCK, RunStore
 
 log = logging.getLogger("geneman")
 
@@ -36,6 +37,10 @@ PREEMPT_SIGNAL = signal.SIGUSR2
 """What Slurm sends before the time limit (submitit's ``--signal=USR2@N``)."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 """What stops a job without requeueing it (also geneman's own stop signals)."""
+LOGS = "logs"
+"""Where a batch's submitit files go (``OUT/logs/%j``); the job's argv names it."""
+SUBMIT_SCRIPT = "submitit/core/_submit.py"
+"""argv[0] of a submitit job process."""
 NUDGE = signal.SIGUSR1
 """The stop signal this process sends itself so that the running session's ``StopSignals`` sees a preemption."""
 
@@ -177,6 +182,7 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
         tag_run(folder, {**job_ids(), "batch_error": ""})
         return "skipped"
     _drop_placeholder(folder)
+    clear_stale_job_lock(folder, out)
     tag_run(folder, job_ids())
     log.info("batch job: %s <- %s", folder, photo)
     sig.in_session = True
@@ -196,6 +202,27 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
         sig.in_session = False
     record_outcome(folder, photo, error)
     return state
+
+
+def clear_stale_job_lock(folder: Path, out: Path) -> None:
+    """Remove a lock on ``folder`` left by an earlier job of this batch that died (SIGKILL, OOM, lost node).
+
+    A batch submits an image only when no job that owns it is still queued or running, and Slurm
+    runs one instance of a job at a time, so a lock held by a batch job of ``out`` is stale when
+    this job runs the image; a lock on another host cannot be checked otherwise. Locks of any
+    other process (a ``geneman resume`` by hand) are left alone.
+    """
+    path = folder / LOCK
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    argv = holder.get("argv") or []
+    ours = len(argv) >= 2 and argv[0].endswith(SUBMIT_SCRIPT) and Path(argv[1]) == Path(out) / LOGS / "%j"
+    if ours and (holder.get("host"), holder.get("pid")) != (socket.gethostname(), os.getpid()):
+        log.warning("%s: removing the lock of dead batch job pid %s on %s (since %s)", folder, holder.get("pid"),
+                    holder.get("host"), holder.get("since", "?"))
+        path.unlink(missing_ok=True)
 
 
 def tag_run(folder: Path, fields: dict) -> None:

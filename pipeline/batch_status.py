@@ -42,7 +42,7 @@ def image_state(store: RunStore | None, slurm_state: str | None, live) -> str:
         return "done"
     if status in ("failed", "blocked"):
         return status
-    if status == "running" and live(store.root):
+    if status == "running" and slurm_state != "GONE" and live(store.root):
         return "running"
     if active:
         return "queued"  # its job is pending, requeued, or running other images first

@@ -1,6 +1,7 @@
 """Batch without Slurm: inputs and names, time limits, the job callable, preemption, local executor, status."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.batch import BatchOptions, load_record, parse_time, plan, resolve_inputs, run_names, submit_batch
-from pipeline.batch_job import BatchJob, job_ids
+from pipeline.batch_job import BatchJob, JobSignals, job_ids, run_image
 from pipeline.errors import ConfigError, InputError
 from pipeline.status import status_text
 from tests.doubles import double_stages, small_config
@@ -116,6 +117,21 @@ def test_resubmit_skips_done_runs_unless_the_config_changed(tmp_path):
     assert plan(out, named, {"images": {}}, changed) == (named, {})
     with pytest.raises(InputError, match="already belongs to"):
         plan(out, named, {"images": {"person": {"photo": "/elsewhere/person.png"}}}, small_config())
+
+
+@pytest.mark.parametrize("argv, state", [(["/v/lib/submitit/core/_submit.py", "{out}/logs/%j"], "done"),
+                                         (["/v/bin/geneman", "resume", "{out}/person"], "busy")])
+def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tmp_path, argv, state):
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    out = tmp_path / "out"
+    reference(photo, out / "person")
+    lock = out / "person" / ".lock"
+    lock.write_text(json.dumps({"host": "another-node", "pid": 1, "since": "then",
+                                "argv": [a.format(out=out) for a in argv]}))
+    cfg = small_config(["texture_refine.steps=7"])  # not done with this config: the job must run it
+    with JobSignals() as sig:
+        assert run_image(out, "person", photo, cfg, double_stages(), None, sig, quiet=True) == state
+    assert lock.exists() == (state == "busy")
 
 
 def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, capsys):

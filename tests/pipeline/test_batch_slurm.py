@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import pytest
 
@@ -71,9 +72,12 @@ def job_result(out, job_id):
 def release_requeued(cluster, job, timeout=60):
     """Start a requeued job now instead of after Slurm's fixed 120 s requeue delay (``BeginTime``).
 
-    The update is repeated while the job still waits on BeginTime: an update that lands while the
-    requeue is still completing is overwritten by it.
+    Released at once, slurmd may still refuse the job's new credential (issued in the second its
+    old one was revoked), so the release waits a few seconds; it is repeated while the job still
+    waits on BeginTime, as an update that lands while the requeue is completing is overwritten.
     """
+    time.sleep(5)
+
     def started():
         line = cluster.run("squeue", "-h", "-j", job, "-o", "%T %r", check=False).stdout.strip()
         if line.endswith("BeginTime"):
