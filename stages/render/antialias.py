@@ -31,10 +31,13 @@ class Topology:
     Attributes:
         face_edges: (F, 3) edge id of the edge opposite each face corner.
         edge_faces: (E, 2) the faces on each edge, -1 where an edge has one face only.
+        closed: every edge has exactly two faces that run along it in opposite directions (a closed,
+            consistently oriented surface).
     """
 
     face_edges: Tensor
     edge_faces: Tensor
+    closed: bool = False
 
 
 def build_topology(tri: Tensor) -> Topology:
@@ -54,7 +57,10 @@ def build_topology(tri: Tensor) -> Topology:
     edge_faces[sorted_edge[first], 0] = face_of[order[first]]
     second = ~first
     edge_faces[sorted_edge[second], 1] = face_of[order[second]]
-    return Topology(inverse.reshape(n, 3), edge_faces)
+    directed = tri.roll(-1, 1).reshape(-1) * (int(tri.max()) + 1) + tri.roll(-2, 1).reshape(-1)
+    counts = torch.bincount(inverse, minlength=edges.shape[0])
+    closed = bool((counts == 2).all()) and torch.unique(directed).shape[0] == directed.shape[0]
+    return Topology(inverse.reshape(n, 3), edge_faces, closed)
 
 
 def _silhouette_edges(pos_ndc: Tensor, tri: Tensor, topo: Topology) -> Tensor:

@@ -25,10 +25,22 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     return torch.nn.functional.normalize(acc, dim=-1)
 
 
+def signed_volume(verts: Tensor, faces: Tensor) -> Tensor:
+    """Volume enclosed by a closed mesh, positive when its triangles face outward.
+
+    Example:
+        >>> v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+        >>> round(signed_volume(v, torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])).item(), 4)
+        0.1667
+    """
+    v = verts[faces.long()]
+    return (v[:, 0] * torch.cross(v[:, 1], v[:, 2], dim=-1)).sum() / 6
+
+
 def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, width: int,
                 attrs: Tensor | None = None, smooth_normals: bool = True, aa: bool = True,
                 topology: Topology | None = None, backend: str = "auto",
-                cull_backfaces: bool = False) -> dict[str, Tensor]:
+                cull_backfaces: bool | None = None) -> dict[str, Tensor]:
     """Render a mesh from a batch of cameras.
 
     Args:
@@ -41,7 +53,9 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
         aa: antialias the mask, normal and attribute maps (silhouette gradients).
         topology: :func:`stages.render.antialias.build_topology` of ``faces``, reused across calls.
         backend: rasteriser backend, see :func:`stages.render.rasterize.rasterize`.
-        cull_backfaces: skip back faces; only for closed, outward-oriented meshes (see ``rasterize``).
+        cull_backfaces: skip back faces (about halves rasterisation time); only right for closed,
+            outward-oriented meshes. None: decided here, True when ``topology`` says the mesh is closed
+            and its signed volume is positive.
 
     Returns:
         ``mask`` (B, H, W, 1); ``depth`` (B, H, W, 1), distance along each pixel's ray, 0 on background;
@@ -49,6 +63,8 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
         ``rast`` (B, H, W, 4); ``position`` (B, H, W, 3) world positions.
     """
     faces = faces.long()
+    if cull_backfaces is None:
+        cull_backfaces = topology is not None and topology.closed and bool(signed_volume(verts, faces) > 0)
     pos = transform_to_clip(verts, cameras.mvp(width / height).to(verts.device))
     rast = rasterize(pos, faces, (height, width), backend=backend, cull_backfaces=cull_backfaces)
     mask = (rast[..., 3:] > 0).to(verts.dtype)

@@ -102,9 +102,9 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     ``roll`` and transposing copies are several times slower on CPU).
 
     Returns:
-        ids (K,) of those triangles and a table (19, K) of rows: for each edge i, ``a, b, x_lo, y_lo``
-        (inside where ``a (x - x_lo) + b (y - y_lo) >= 0`` for all three edges); the depth plane
-        ``p0, p1, p2`` (``z = p0 x + p1 y + p2``); the pixel bounding box ``x0, xe, y0, ye``.
+        ids (K,) of those triangles and a table (16, K) of rows: for each edge i, ``a, b, c`` (inside
+        where ``a x + b y + c >= 0`` for all three edges); the depth plane ``p0, p1, p2``
+        (``z = p0 x + p1 y + p2``); the pixel bounding box ``x0, xe, y0, ye``.
     """
     w = pos[:, 3]
     ws = torch.where(w > 1e-8, w, torch.full_like(w, float("nan")))  # behind the camera: NaN fails every test
@@ -120,27 +120,31 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     if cull_backfaces:  # pixel and NDC axes agree in orientation: counter-clockwise is positive
         valid &= area < 0
     ids = valid.nonzero().squeeze(1)
-    box, area = box.index_select(1, ids), area.index_select(0, ids)
+    table = torch.empty(16, ids.shape[0], dtype=pos.dtype, device=pos.device)  # written in place: no copies
+    torch.index_select(box, 1, ids, out=table[12:16])
+    area = area.index_select(0, ids)
     vid = [corners[i].index_select(0, ids) for i in range(3)]
     c = [ci.index_select(1, ids) for ci in c]
     z = [(pos[:, 2] / ws).index_select(0, v) for v in vid]
     orient = torch.where(area < 0, -1.0, 1.0)
-    rows = []
     for i in range(3):
-        # Edge opposite corner i, from corner j to k: E = a (x - x_lo) + b (y - y_lo) with (x_lo, y_lo)
-        # its lower-indexed vertex. a, b change sign exactly between the two triangles sharing the edge
-        # (a - b == -(b - a) in floating point) and both use the same reference vertex, so the two
-        # values are exact negatives: a pixel centre on a shared edge is never missed by both.
+        # Edge opposite corner i, from corner j to k: E = a x + b y + c, c = -(a x_lo + b y_lo) with
+        # (x_lo, y_lo) its lower-indexed vertex. a, b change sign exactly between the two triangles
+        # sharing the edge (a - b == -(b - a) in floating point) and both use the same reference
+        # vertex, so their E are exact negatives: a pixel centre on a shared edge is never missed by both.
         j, k = (i + 1) % 3, (i + 2) % 3
         swap = vid[j] > vid[k]
-        rows += [(c[j][1] - c[k][1]) * orient, (c[k][0] - c[j][0]) * orient,
-                 torch.where(swap, c[k][0], c[j][0]), torch.where(swap, c[k][1], c[j][1])]
+        a = torch.mul(c[j][1] - c[k][1], orient, out=table[3 * i])
+        b = torch.mul(c[k][0] - c[j][0], orient, out=table[3 * i + 1])
+        torch.neg(a * torch.where(swap, c[k][0], c[j][0]) + b * torch.where(swap, c[k][1], c[j][1]),
+                  out=table[3 * i + 2])
     # depth plane z = p0 x + p1 y + p2 through the three corners
     dx1, dy1, dz1 = c[1][0] - c[0][0], c[1][1] - c[0][1], z[1] - z[0]
     dx2, dy2, dz2 = c[2][0] - c[0][0], c[2][1] - c[0][1], z[2] - z[0]
-    p0, p1 = (dz1 * dy2 - dz2 * dy1) / area, (dx1 * dz2 - dx2 * dz1) / area
-    rows += [p0, p1, z[0] - p0 * c[0][0] - p1 * c[0][1]]
-    return ids, torch.cat([torch.stack(rows), box])
+    torch.div(dz1 * dy2 - dz2 * dy1, area, out=table[9])
+    torch.div(dx1 * dz2 - dx2 * dz1, area, out=table[10])
+    torch.sub(z[0], table[9] * c[0][0] + table[10] * c[0][1], out=table[11])
+    return ids, table
 
 
 def _bucket(size: Tensor) -> Tensor:
@@ -169,7 +173,7 @@ def visible_faces(pos: Tensor, tri: Tensor, height: int, width: int, chunk: int 
         (H * W,) int64 triangle ids, -1 where no triangle covers the pixel centre.
     """
     ids, table = _screen_setup(pos, tri, height, width, cull_backfaces)
-    x0, xe, y0, ye = table[15:19]
+    x0, xe, y0, ye = table[12:16]
     bx, by = _bucket((xe - x0 + 1).long()), _bucket((ye - y0 + 1).long())
     group = (bx * (2 * max(height, width) + 1) + by).to(torch.int32)
     order = torch.argsort(group)
@@ -189,24 +193,24 @@ def visible_faces(pos: Tensor, tri: Tensor, height: int, width: int, chunk: int 
 def _depth_test(zbuf: Tensor, local: Tensor, ids: Tensor, dx: Tensor, dy: Tensor, table: Tensor,
                 width: int) -> None:
     """Inside and depth test of the pixel block ``dy x dx`` offset from the bounding-box corner of each
-    triangle ``local`` (columns of the :func:`_screen_setup` table; ``ids`` maps them to triangle ids)."""
-    t = table.index_select(1, local)[:, :, None, None]  # (19, n, 1, 1)
-    face = ids.index_select(0, local)
-    x0, y0 = t[15, :, 0, 0], t[17, :, 0, 0]
-    x = t[15] + dx  # (n, 1, kx)
-    y = t[17] + dy[:, None]  # (n, ky, 1)
-    inside = (x <= t[16]) & (y <= t[18])
+    triangle ``local`` (columns of the :func:`_screen_setup` table; ``ids`` maps them to triangle ids).
+
+    Candidates are laid out (block offset, triangle) so that every elementwise kernel runs over a long
+    contiguous triangle axis (a short innermost axis of 1-4 pixels makes CPU kernels several times slower).
+    """
+    t = table.index_select(1, local)  # (16, n)
+    n = t.shape[1]
+    x = t[12] + dx.repeat(dy.shape[0])[:, None]  # (m, n)
+    y = t[14] + dy.repeat_interleave(dx.shape[0])[:, None]
+    inside = (x <= t[13]) & (y <= t[15])
     for i in range(3):
-        inside &= t[4 * i] * (x - t[4 * i + 2]) + t[4 * i + 1] * (y - t[4 * i + 3]) >= 0
-    z = t[12] * x + t[13] * y + t[14]
+        inside &= t[3 * i] * x + t[3 * i + 1] * y + t[3 * i + 2] >= 0
+    z = t[9] * x + t[10] * y + t[11]
     inside &= (z >= -1) & (z <= 1)
     hit = inside.reshape(-1).nonzero().squeeze(1)
-    n, ky, kx = inside.shape
-    tri_of = torch.div(hit, ky * kx, rounding_mode="floor")
-    pix = (y0.index_select(0, tri_of) + dy[0]) * width + x0.index_select(0, tri_of)
     key = ((z.reshape(-1).index_select(0, hit) + 1) * (0.5 * _DEPTH_SCALE)).long() << 32
-    zbuf.scatter_reduce_(0, pix.long() + torch.div(hit % (ky * kx), kx, rounding_mode="floor") * width + hit % kx,
-                         key | face.index_select(0, tri_of), reduce="amin")
+    pix = y.reshape(-1).index_select(0, hit) * width + x.reshape(-1).index_select(0, hit)
+    zbuf.scatter_reduce_(0, pix.long(), key | ids.index_select(0, local.index_select(0, hit % n)), reduce="amin")
 
 
 def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int) -> Tensor:
@@ -222,19 +226,23 @@ def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int
         (H, W, 4): u, v, z / w, face + 1.
     """
     pix = (face >= 0).nonzero().squeeze(1)
-    f = face[pix]
-    v = pos[tri[f]]  # (P, 3, 4)
-    w = v[..., 3]
-    nx, ny = v[..., 0] / w, v[..., 1] / w
+    f = face.index_select(0, pix)
+    corners = tri.index_select(0, f).t().contiguous()
+    v = [pos.index_select(0, corners[i]) for i in range(3)]  # 3 x (P, 4)
+    w = [vi[:, 3] for vi in v]
+    nx, ny = [vi[:, 0] / wi for vi, wi in zip(v, w)], [vi[:, 1] / wi for vi, wi in zip(v, w)]
     cx = ((pix % width).to(pos.dtype) + 0.5) * (2 / width) - 1
     cy = (torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5) * (2 / height) - 1
-    x1, x2, y1, y2 = nx.roll(-1, 1), nx.roll(-2, 1), ny.roll(-1, 1), ny.roll(-2, 1)
-    edge = (x2 - x1) * (cy[:, None] - y1) - (y2 - y1) * (cx[:, None] - x1)  # (P, 3), opposite vertex i
-    screen = edge / edge.sum(1, keepdim=True)
-    persp = screen / w
-    persp = persp / persp.sum(1, keepdim=True)
-    z = (screen * v[..., 2] / w).sum(1)
-    vals = torch.stack([persp[:, 0], persp[:, 1], z, (f + 1).to(pos.dtype)], dim=1)
+    edge = []
+    for i in range(3):  # edge function of the edge opposite corner i, at the pixel centre
+        j, k = (i + 1) % 3, (i + 2) % 3
+        edge.append((nx[k] - nx[j]) * (cy - ny[j]) - (ny[k] - ny[j]) * (cx - nx[j]))
+    total = edge[0] + edge[1] + edge[2]
+    screen = [e / total for e in edge]
+    persp = [b / wi for b, wi in zip(screen, w)]
+    norm = persp[0] + persp[1] + persp[2]
+    z = sum(b * vi[:, 2] / wi for b, vi, wi in zip(screen, v, w))
+    vals = torch.stack([persp[0] / norm, persp[1] / norm, z, (f + 1).to(pos.dtype)], dim=1)
     out = torch.zeros(height * width, 4, dtype=pos.dtype, device=pos.device).index_copy(0, pix, vals)
     return out.reshape(height, width, 4)
 

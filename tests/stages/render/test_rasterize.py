@@ -125,3 +125,20 @@ def test_backface_culling_keeps_closed_mesh_image():
     quad, tri = _quad()
     assert (rasterize(quad, tri[:, [0, 2, 1]], (8, 8), cull_backfaces=True)[..., 3] > 0).all()
     assert (rasterize(quad, tri, (8, 8), cull_backfaces=True)[..., 3] == 0).all()
+
+
+def test_render_mesh_culls_only_closed_outward_meshes():
+    from stages.render.antialias import build_topology
+    from stages.render.mesh_render import signed_volume
+    verts, faces = icosphere(3, 0.45)
+    topo = build_topology(faces)
+    assert topo.closed and signed_volume(verts, faces) > 0
+    assert not build_topology(faces[1:]).closed  # a hole
+    flipped = faces[:, [0, 2, 1]]
+    assert build_topology(flipped).closed and signed_volume(verts, flipped) < 0
+    cam = reference_camera()
+    plain = render_mesh(verts, faces, cam, 64, 64, aa=False)
+    auto = render_mesh(verts, faces, cam, 64, 64, aa=False, topology=topo)
+    inward = render_mesh(verts, flipped, cam, 64, 64, aa=False, topology=build_topology(flipped))
+    assert (plain["mask"] == auto["mask"]).float().mean() > 0.999
+    torch.testing.assert_close(inward["mask"], plain["mask"])  # not culled: the inward mesh still shows
