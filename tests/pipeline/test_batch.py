@@ -139,11 +139,14 @@ def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, c
     expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in photos(folder, (100, 160))}
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
-    first = submit_batch([folder], out, small_config(), BatchOptions(executor="local", max_parallel=2),
+    first = submit_batch([folder], out, small_config(), BatchOptions(executor="local", max_parallel=2, images_per_job=2),
                          stages=double_stages())
-    assert len(first["jobs"]) == 3
+    assert len(first["jobs"]) == 2  # [broken, p0] and [p1], side by side
     for name, want in expected.items():
         assert manifest(out / name)["status"] == "done" and result_bytes(out / name) == want
+    ran_together = manifest(out / "p1")["stages"]["preprocess"]["started"] <= \
+        manifest(out / "p0")["stages"]["texture_refine"]["finished"]
+    assert ran_together, "the two jobs did not run side by side"
     broken = manifest(out / "broken")
     assert broken["status"] == "failed" and "broken.png" in broken["error"]
     assert load_record(out)["images"]["broken"]["executor"] == "local"

@@ -164,3 +164,23 @@ def test_sbatch_refusal_is_one_clear_error(cluster, tmp_path):
         submit_batch([photo], tmp_path / "out", small_config(), BatchOptions(**{**OPTIONS, "partition": "nosuch"}),
                      stages=double_stages())
     assert not (tmp_path / "out" / "batch.json").exists()  # nothing recorded for a submission that did not happen
+
+
+def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, monkeypatch):
+    """No signal sent by hand: Slurm's own ``--signal=USR2@50`` warning before a 1-minute limit."""
+    (tmp_path / "in").mkdir()
+    photo = write_person(tmp_path / "in" / "person.png")
+    expected = reference(photo, tmp_path / "ref")
+    out = tmp_path / "out"
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1.5")  # 30 steps: longer than the warning comes
+    options = BatchOptions(**{**OPTIONS, "time": "00:01:00"}, signal_delay_s=50)
+    (job,) = submit_batch([photo], out, small_config(), options, stages=double_stages())["jobs"]
+    wait_until(lambda: "BeginTime" in queue(cluster), 90, "Slurm's time-limit warning to requeue the job",
+               on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
+    assert manifest(out / "person")["status"] != "done" and "this job is timed-out" in job_logs(out)
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0")
+    cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")  # the rest fits before the next warning
+    release_requeued(cluster, job)
+    wait_batch_over(cluster, out)
+    assert manifest(out / "person")["status"] == "done"
+    assert result_bytes(out / "person") == expected
