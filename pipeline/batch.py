@@ -66,6 +66,8 @@ class BatchOptions:
     """Images each job runs in turn (the priors are loaded once per job)."""
     signal_delay_s: int = 120
     """Seconds before the time limit at which Slurm sends SIGUSR2 (checkpoint and requeue)."""
+    setup: tuple[str, ...] = ()
+    """Shell lines each job runs before Python starts (``module load cuda``, exports)."""
 
 
 def resolve_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -92,7 +94,8 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             raise InputError(f"input not found: {item} (give photos, folders of photos, list files or globs)")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise InputError(f"no photos found in {', '.join(map(str, inputs))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"no photos found in {', '.join(map(str, inputs))} "
+                         f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
     return unique
 
 
@@ -210,7 +213,8 @@ def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict, cfg: RunCon
         if old and Path(old) != photo:
             raise InputError(f"{photo}: {out / name} already belongs to {old} in this batch; rename the photo "
                              "or use another -o folder")
-    active = slurm_states([held[n].get("job_id", "") for n, _ in named if held.get(n, {}).get("executor") == "slurm"]) or {}
+    slurm_jobs = [held[n].get("job_id", "") for n, _ in named if held.get(n, {}).get("executor") == "slurm"]
+    active = slurm_states(slurm_jobs) or {}
     todo, skipped = [], {}
     for name, photo in named:
         job = held.get(name, {}).get("job_id", "")
@@ -235,7 +239,7 @@ def make_executor(out: Path, options: BatchOptions):
     import submitit
 
     folder = Path(out) / LOGS / "%j"
-    setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
     if options.executor == "local":
         ex = submitit.LocalExecutor(folder=folder, python=shlex.quote(sys.executable))
         minutes = parse_time(options.time) if options.time else LOCAL_TIME_MIN

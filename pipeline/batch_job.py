@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import session
+from pipeline import models, session
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
@@ -114,7 +114,8 @@ class BatchJob:
         images: ``(name, photo path)`` pairs, run in this order.
         cfg: the run config of every image.
         stages: the stage specs (the product's by default; tests pass doubles).
-        priors_factory: builds the priors once per job (None: no priors).
+        priors_factory: builds the priors once per job; None: the PriorSet of ``cfg``
+            (:func:`pipeline.models.prepare`, weights checked before any image runs).
     """
 
     out: Path
@@ -130,11 +131,15 @@ class BatchJob:
         _setup_job_logging()
         self.results = {}
         with JobSignals() as sig:
-            priors = self.priors_factory() if self.priors_factory else None
+            try:
+                loaded = self.load_models()
+            except GenemanError as e:  # missing weights, no such device: every image fails the same way
+                log.error("batch job: %s", e)
+                return self._fail_all(str(e).splitlines()[0])
             for name, photo in self.images:
                 if sig.requested is not None:
                     break
-                state = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages, priors, sig, self.quiet)
+                state = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages, loaded, sig, self.quiet)
                 self.results[name] = state
                 if state == "interrupted":  # a stop signal reached the session: end the job here
                     break
@@ -142,6 +147,18 @@ class BatchJob:
         unfinished = len(self.results) < len(self.images) or "interrupted" in self.results.values()
         if sig.preempted and unfinished and os.environ.get("SUBMITIT_EXECUTOR"):
             signal.raise_signal(PREEMPT_SIGNAL)  # submitit's handler: checkpoint(), requeue, exit
+        return self.results
+
+    def load_models(self) -> tuple[Any, Any]:
+        """``(priors, depth_normal)`` for every image of the job, built once (weights checked)."""
+        priors = self.priors_factory() if self.priors_factory else models.AUTO
+        return models.prepare(self.cfg, self.stages, priors, models.AUTO)
+
+    def _fail_all(self, error: str) -> dict:
+        for name, photo in self.images:
+            if not is_done(Path(self.out) / name, self.cfg):
+                record_outcome(Path(self.out) / name, Path(photo), error)
+                self.results[name] = "failed"
         return self.results
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -170,9 +187,11 @@ def is_done(folder: Path, cfg: RunConfig | None = None) -> bool:
         return False
 
 
-def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequence[StageSpec], priors: Any,
-              sig: JobSignals, quiet: bool = False) -> str:
+def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequence[StageSpec],
+              loaded: tuple[Any, Any], sig: JobSignals, quiet: bool = False) -> str:
     """Run (or resume) one image in ``out/name``; record a failure in its run.json instead of raising.
+
+    ``loaded`` is the job's ``(priors, depth_normal)``, shared by its images.
 
     Returns:
         done, skipped (done before), failed, busy (another process holds it) or interrupted.
@@ -187,7 +206,7 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
     log.info("batch job: %s <- %s", folder, photo)
     sig.in_session = True
     try:
-        session.start(photo, folder, cfg, stages=stages, priors=priors, quiet=quiet)
+        session.start(photo, folder, cfg, stages=stages, priors=loaded[0], depth_normal=loaded[1], quiet=quiet)
         state, error = "done", ""
     except Interrupted as e:
         state, error = "interrupted", ""

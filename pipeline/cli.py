@@ -147,9 +147,14 @@ def cmd_batch(args) -> int:
     if args.executor == "slurm":
         print(f"submitted {len(done['todo'])} image(s) in job(s) {' '.join(done['jobs']) or '-'}; "
               f"{len(done['skipped'])} skipped; follow with `geneman status {args.out}`")
-    else:
-        print(f"ran {len(done['todo'])} image(s); {len(done['skipped'])} skipped; see `geneman status {args.out}`")
-    return 0
+        return 0
+    from pipeline.batch_status import batch_rows, summary
+    from pipeline.status import lock_holder
+
+    rows = batch_rows(args.out, lambda r: lock_holder(r) is not None)
+    print(f"ran {len(done['todo'])} image(s), {len(done['skipped'])} skipped; {summary(rows)}; "
+          f"details: `geneman status {args.out}`")
+    return 0 if all(row[3] == "done" for row in rows) else 1
 
 
 def cmd_status(args) -> int:

@@ -51,3 +51,8 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.2, on_timeo
 def stage_step(run: Path, stage: str) -> int:
     """The step count run.json records for ``stage`` (0 before it starts)."""
     return manifest(run).get("stages", {}).get(stage, {}).get("step", 0)
+
+
+def no_priors():
+    """The batch jobs' priors factory in tests: the test doubles take no priors."""
+    return None

@@ -12,9 +12,10 @@ from pipeline import cli
 from pipeline.batch import BatchOptions, load_record, parse_time, plan, resolve_inputs, run_names, submit_batch
 from pipeline.batch_job import BatchJob, JobSignals, job_ids, run_image
 from pipeline.errors import ConfigError, InputError
+from pipeline.models import MissingWeights
 from pipeline.status import status_text
 from tests.doubles import double_stages, small_config
-from tests.pipeline.batch_helpers import manifest, photos, reference, result_bytes, stage_step, wait_until
+from tests.pipeline.batch_helpers import manifest, no_priors, photos, reference, result_bytes, stage_step, wait_until
 from tests.pipeline.conftest import write_person
 
 
@@ -77,7 +78,8 @@ def test_preemption_signal_checkpoints_and_the_next_job_resumes_bitwise(tmp_path
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     out = tmp_path / "out"
-    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), quiet=True)
+    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), no_priors,
+                   quiet=True)
     run = out / "person"
     fire = threading.Thread(target=lambda: wait_until(lambda: stage_step(run, "geometry_init") >= 4, 60, "step 4")
                             and os.kill(os.getpid(), signal.SIGUSR2))
@@ -94,11 +96,24 @@ def test_preemption_signal_checkpoints_and_the_next_job_resumes_bitwise(tmp_path
     assert result_bytes(run) == expected
 
 
+def missing_weights():
+    raise MissingWeights("weight sd15 not found in /nowhere")
+
+
+def test_a_job_whose_models_cannot_load_records_every_image_as_failed(tmp_path):
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    out = tmp_path / "out"
+    job = BatchJob(out, [("a", str(photo)), ("b", str(photo))], small_config(), double_stages(), missing_weights)
+    assert job() == {"a": "failed", "b": "failed"}
+    assert all("sd15 not found" in manifest(out / n)["error"] for n in ("a", "b"))
+
+
 def test_sigterm_mid_stage_stops_the_job_without_taking_the_next_image(tmp_path, monkeypatch):
     photo = write_person(_mk(tmp_path / "in") / "person.png")
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
     out = tmp_path / "out"
-    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), quiet=True)
+    job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), no_priors,
+                   quiet=True)
     fire = threading.Thread(target=lambda: wait_until(lambda: stage_step(out / "person", "geometry_init") >= 2, 60,
                                                       "step 2") and os.kill(os.getpid(), signal.SIGTERM))
     fire.start()
@@ -130,7 +145,7 @@ def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tm
                                 "argv": [a.format(out=out) for a in argv]}))
     cfg = small_config(["texture_refine.steps=7"])  # not done with this config: the job must run it
     with JobSignals() as sig:
-        assert run_image(out, "person", photo, cfg, double_stages(), None, sig, quiet=True) == state
+        assert run_image(out, "person", photo, cfg, double_stages(), (None, None), sig, quiet=True) == state
     assert lock.exists() == (state == "busy")
 
 
@@ -139,8 +154,8 @@ def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, c
     expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in photos(folder, (100, 160))}
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
-    first = submit_batch([folder], out, small_config(), BatchOptions(executor="local", max_parallel=2, images_per_job=2),
-                         stages=double_stages())
+    options = BatchOptions(executor="local", max_parallel=2, images_per_job=2)
+    first = submit_batch([folder], out, small_config(), options, stages=double_stages(), priors_factory=no_priors)
     assert len(first["jobs"]) == 2  # [broken, p0] and [p1], side by side
     for name, want in expected.items():
         assert manifest(out / name)["status"] == "done" and result_bytes(out / name) == want
@@ -151,7 +166,8 @@ def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, c
     assert broken["status"] == "failed" and "broken.png" in broken["error"]
     assert load_record(out)["images"]["broken"]["executor"] == "local"
     assert "3 images: 2 done, 0 running, 0 queued, 1 failed" in status_text([out])
-    again = submit_batch([folder], out, small_config(), BatchOptions(executor="local"), stages=double_stages())
+    again = submit_batch([folder], out, small_config(), BatchOptions(executor="local"), stages=double_stages(),
+                         priors_factory=no_priors)
     assert again["todo"] == ["broken"] and set(again["skipped"]) == {"p0", "p1"}
     assert manifest(out / "broken")["status"] == "failed"
 

@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.status import status_text
 from submitit.core.utils import JobPaths
 from tests.doubles import double_stages, small_config
-from tests.pipeline.batch_helpers import manifest, photos, reference, result_bytes, stage_step, wait_until
+from tests.pipeline.batch_helpers import manifest, no_priors, photos, reference, result_bytes, stage_step, wait_until
 from tests.pipeline.conftest import write_person
 from tests.slurm.cluster import SlurmCluster, unavailable_reason
 
@@ -93,7 +93,7 @@ def test_batch_of_three_completes_and_resubmit_skips_it(cluster, tmp_path):
     expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in inputs}
     out = tmp_path / "out"
     sub = submit_batch([tmp_path / "in"], out, small_config(), BatchOptions(images_per_job=2, **OPTIONS),
-                       stages=double_stages())
+                       stages=double_stages(), priors_factory=no_priors)
     assert len(sub["jobs"]) == 2 and sub["todo"] == ["p0", "p1", "p2"]
     wait_batch_over(cluster, out)
     record = load_record(out)
@@ -106,7 +106,8 @@ def test_batch_of_three_completes_and_resubmit_skips_it(cluster, tmp_path):
     text = status_text([out])
     assert "3 images: 3 done, 0 running, 0 queued, 0 failed" in text
     assert record["images"]["p2"]["job_id"] in text
-    again = submit_batch([tmp_path / "in"], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages())
+    again = submit_batch([tmp_path / "in"], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages(),
+                         priors_factory=no_priors)
     assert again["jobs"] == [] and again["skipped"] == {"p0": "done", "p1": "done", "p2": "done"}
 
 
@@ -116,7 +117,8 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_pa
     expected = reference(photo, tmp_path / "ref")
     out = tmp_path / "out"
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.25")  # sbatch exports it to the job
-    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages())
+    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages(),
+                       priors_factory=no_priors)
     (job,) = sub["jobs"]
     run = out / "person"
     wait_until(lambda: stage_step(run, "geometry_sculpt") >= 2, 120, "geometry_sculpt step 2",
@@ -146,7 +148,7 @@ def test_bad_image_fails_alone_and_the_job_finishes_the_others(cluster, tmp_path
     expected = reference(good, tmp_path / "ref")
     out = tmp_path / "out"
     sub = submit_batch([folder], out, small_config(), BatchOptions(images_per_job=2, **OPTIONS),
-                       stages=double_stages())
+                       stages=double_stages(), priors_factory=no_priors)
     (job,) = sub["jobs"]
     wait_batch_over(cluster, out)
     bad = manifest(out / "a_bad")
@@ -162,25 +164,31 @@ def test_sbatch_refusal_is_one_clear_error(cluster, tmp_path):
     photo = write_person(tmp_path / "person.png")
     with pytest.raises(ConfigError, match="sbatch refused the jobs: .*[Pp]artition"):
         submit_batch([photo], tmp_path / "out", small_config(), BatchOptions(**{**OPTIONS, "partition": "nosuch"}),
-                     stages=double_stages())
+                     stages=double_stages(), priors_factory=no_priors)
     assert not (tmp_path / "out" / "batch.json").exists()  # nothing recorded for a submission that did not happen
 
 
 def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, monkeypatch):
-    """No signal sent by hand: Slurm's own ``--signal=USR2@50`` warning before a 1-minute limit."""
+    """No signal sent by hand: Slurm's own ``--signal=USR2@90`` warning before a 2-minute limit.
+
+    Slurm checks time limits about every 30 s, so the warning comes 30 to 60 s into the job: after
+    the job's python has started (submitit installs its handler only then), before the image ends.
+    """
     (tmp_path / "in").mkdir()
     photo = write_person(tmp_path / "in" / "person.png")
     expected = reference(photo, tmp_path / "ref")
     out = tmp_path / "out"
-    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1.5")  # 30 steps: longer than the warning comes
-    options = BatchOptions(**{**OPTIONS, "time": "00:01:00"}, signal_delay_s=50)
-    (job,) = submit_batch([photo], out, small_config(), options, stages=double_stages())["jobs"]
-    wait_until(lambda: "BeginTime" in queue(cluster), 90, "Slurm's time-limit warning to requeue the job",
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "2.5")  # 30 steps: 75 s, longer than the warning takes to come
+    fast_after_requeue = '[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && export GENEMAN_TEST_STEP_SLEEP=0 || true'
+    options = BatchOptions(**{**OPTIONS, "time": "00:02:00"}, signal_delay_s=90, setup=(fast_after_requeue,))
+    sub = submit_batch([photo], out, small_config(), options, stages=double_stages(), priors_factory=no_priors)
+    (job,) = sub["jobs"]
+    wait_until(lambda: "BeginTime" in queue(cluster), 120, "Slurm's time-limit warning to requeue the job",
                on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
     assert manifest(out / "person")["status"] != "done" and "this job is timed-out" in job_logs(out)
-    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0")
-    cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")  # the rest fits before the next warning
     release_requeued(cluster, job)
     wait_batch_over(cluster, out)
     assert manifest(out / "person")["status"] == "done"
+    logs = job_logs(out)
+    assert "resumed from" in logs or "done before, loading its result" in logs  # continued, not restarted
     assert result_bytes(out / "person") == expected
