@@ -337,7 +337,9 @@ def submit_slurm(out: Path, record: dict, executor, groups: list, jobs: list, op
 def run_local(out: Path, record: dict, executor, groups: list, jobs: list, options: BatchOptions) -> None:
     """Run ``jobs`` on this machine, ``options.max_parallel`` (default 1) at a time; return when all ended.
 
-    Ctrl-C cancels the running jobs (each checkpoints its stage and stops) and re-raises.
+    Ctrl-C stops the running jobs (SIGINT through submitit's local controller, which kills them a
+    second later: their runs continue from their last step checkpoint when submitted again) and
+    re-raises.
     """
     k = max(1, options.max_parallel or 1)
     pending, running = list(zip(groups, jobs)), []
