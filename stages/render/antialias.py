@@ -120,16 +120,20 @@ def _pair_deltas(color: Tensor, rast: Tensor, ndc: Tensor, tri: Tensor, topo: To
     sl_b = (slice(1, None), slice(None)) if axis == 1 else (slice(None), slice(1, None))
     fa, fb, za, zb = face[sl_a], face[sl_b], z[sl_a], z[sl_b]
     a_front = (fa >= 0) & ((fb < 0) | (za < zb))
-    differ = (fa != fb) & ((fa >= 0) | (fb >= 0))
-    a_front, ia, ib = a_front[differ], idx[sl_a][differ], idx[sl_b][differ]
-    front = torch.where(a_front, ia, ib)
-    other = torch.where(a_front, ib, ia)
-    t_face = face.reshape(-1)[front]
-    t, edge = _exit_crossing(ndc, tri[t_face], front, other, h, w)
-    keep = (t >= 0) & (t <= 1) & sil[topo.face_edges[t_face, edge]]
-    t, front, other = t[keep], front[keep], other[keep]
+    front = torch.where(a_front, idx[sl_a], idx[sl_b]).reshape(-1)
+    other = torch.where(a_front, idx[sl_b], idx[sl_a]).reshape(-1)
+    # only pairs whose front triangle has a silhouette edge can blend (interior pairs are most of them)
+    has_sil = torch.cat([sil.new_zeros(1), sil[topo.face_edges].any(1)])  # shifted by one: empty -> False
+    t_face_all = face.reshape(-1).index_select(0, front)
+    maybe = (fa != fb).reshape(-1) & has_sil.index_select(0, t_face_all + 1)
+    sel = maybe.nonzero().squeeze(1)
+    front, other, t_face = front.index_select(0, sel), other.index_select(0, sel), t_face_all.index_select(0, sel)
+    t, edge = _exit_crossing(ndc, tri.index_select(0, t_face), front, other, h, w)
+    keep = (t >= 0) & (t <= 1) & sil.index_select(0, topo.face_edges[t_face, edge])
+    keep = keep.nonzero().squeeze(1)
+    t, front, other = t.index_select(0, keep), front.index_select(0, keep), other.index_select(0, keep)
     flat = color.reshape(h * w, -1)
-    c_front, c_other = flat[front], flat[other]
+    c_front, c_other = flat.index_select(0, front), flat.index_select(0, other)
     far = t > 0.5
     target = torch.where(far, other, front)
     weight = torch.where(far, t - 0.5, 0.5 - t)[:, None]

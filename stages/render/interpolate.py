@@ -34,14 +34,14 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, backend: str = "auto") 
     tri = tri.long()
     flat = rast.reshape(-1, 4)
     pix = (flat[:, 3] > 0).nonzero().squeeze(1)
-    face = flat[pix, 3].long() - 1
-    vidx = tri[face]  # (P, 3)
+    sel = flat.index_select(0, pix)  # (P, 4)
+    vidx = tri.index_select(0, sel[:, 3].long() - 1)  # (P, 3)
     if attr.dim() == 3:
         assert attr.shape[0] == b, (attr.shape, rast.shape)
         vidx = vidx + (torch.div(pix, h * w, rounding_mode="floor") * attr.shape[1])[:, None]
         attr = attr.reshape(-1, attr.shape[-1])
-    a = attr[vidx]  # (P, 3, C)
-    u, v = flat[pix, 0:1], flat[pix, 1:2]
+    a = attr.index_select(0, vidx.reshape(-1)).reshape(-1, 3, attr.shape[-1])  # (P, 3, C)
+    u, v = sel[:, 0:1], sel[:, 1:2]
     vals = u * a[:, 0] + v * a[:, 1] + (1 - u - v) * a[:, 2]
     out = torch.zeros(b * h * w, attr.shape[-1], dtype=vals.dtype, device=vals.device).index_copy(0, pix, vals)
     return out.reshape(b, h, w, -1)
