@@ -251,19 +251,23 @@ class HashGrid(nn.Module):
         return available
 
     def _tcnn_forward(self, x: Tensor) -> Tensor:
-        """tiny-cuda-nn's kernel run on this module's own ``table`` (same layout, see the module doc)."""
+        """tiny-cuda-nn's kernel run on this module's own ``table`` (same layout, see the module doc),
+        called the way ``tinycudann.Module.forward`` calls it (batch padded to the kernel granularity)."""
         tcnn = _tinycudann()
         if self._tcnn is None:
             config = {"otype": "HashGrid", "n_levels": self.n_levels, "n_features_per_level": self.features_per_level,
                       "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,
                       "per_level_scale": self.per_level_scale, "interpolation": "Linear"}
-            self._tcnn = tcnn.Encoding(3, config, dtype=torch.float32).to(x.device)
+            # kept out of the module tree: its own ``params`` must not reach optimisers or checkpoints
+            object.__setattr__(self, "_tcnn", tcnn.Encoding(3, config, dtype=torch.float32).to(x.device))
             assert self._tcnn.params.numel() == self.table.numel(), (self._tcnn.params.shape, self.table.shape)
         enc = self._tcnn
+        n = x.shape[0]
+        granularity = int(tcnn.modules._C.batch_size_granularity())
+        padded = torch.nn.functional.pad(x.float(), [0, 0, 0, -n % granularity]).contiguous()
         params = self.table.reshape(-1).to(enc.params.dtype).contiguous()
-        out = tcnn.modules._module_function.apply(enc.native_tcnn_module, x.float().contiguous(), params,
-                                                  enc.loss_scale)
-        return out.float()
+        out = tcnn.modules._module_function.apply(enc.native_tcnn_module, padded, params, enc.loss_scale)
+        return out[:n, :self.out_dim].float()
 
     def layout(self):
         """Per-level scales, resolutions, table sizes, row offsets and hashed flags."""
