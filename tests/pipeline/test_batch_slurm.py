@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from pipeline import cli
 from pipeline.batch import BatchOptions, load_record, submit_batch
 from pipeline.errors import ConfigError
 from pipeline.status import status_text
@@ -123,6 +124,8 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_pa
     run = out / "person"
     wait_until(lambda: stage_step(run, "geometry_sculpt") >= 2, 120, "geometry_sculpt step 2",
                on_timeout=lambda: job_logs(out))
+    row = status_text([out]).splitlines()[2].split()
+    assert row[:2] == ["person", "geometry_sculpt"] and row[3:5] == ["running", job]
     # What Slurm does at --signal=USR2@N before the time limit: SIGUSR2 to the job's steps.
     cluster.run("scancel", "--signal=USR2", job)
     wait_until(lambda: "BeginTime" in queue(cluster), 60, "the job to requeue itself",
@@ -192,3 +195,27 @@ def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, m
     logs = job_logs(out)
     assert "resumed from" in logs or "done before, loading its result" in logs  # continued, not restarted
     assert result_bytes(out / "person") == expected
+
+
+def test_cli_flags_reach_sbatch_and_status_sums_up(cluster, tmp_path, capsys):
+    """The product command (its own stages and priors): the photos are unreadable, so each fails fast, on its own."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.png").write_bytes(b"not a photo")
+    out = tmp_path / "out"
+    code = cli.main(["batch", str(folder), "-o", str(out), "--partition", "debug", "--time", "00:05:00", "--mem", "1G",
+                     "--cpus-per-job", "1", "--max-parallel", "1", "--images-per-job", "2", "--preset", "cpu"])
+    assert code == 0 and "submitted 3 image(s) in job(s)" in capsys.readouterr().out
+    (script,) = (out / "logs").rglob("*_submission.sh")
+    text = script.read_text()
+    for flag in ("--partition=debug", "--time=5", "--mem=1G", "--cpus-per-task=1", "--array=0-1%1",
+                 "--signal=USR2@120", "--requeue"):
+        assert f"#SBATCH {flag}" in text, flag
+    wait_batch_over(cluster, out)
+    assert cli.main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images: 0 done, 0 running, 0 queued, 3 failed" in printed
+    assert all(f"{n}.png is not an image" in manifest(out / n)["error"] for n in "abc")
+    job_ids = {manifest(out / n)["extra"]["slurm_job_id"] for n in "abc"}
+    assert job_ids == set(load_record(out)["submissions"][0]["job_ids"]) and len(job_ids) == 2
