@@ -115,3 +115,14 @@ def test_per_vertex_optimisation_reduces_mask_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_face_attribute_spreads_per_face_values():
+    from stages.render.interpolate import face_attribute
+    pos = torch.tensor([[-0.7, -0.7, 0, 1.0], [0.7, -0.7, 0, 1.0], [0.7, 0.7, 0, 1.0], [-0.7, 0.7, 0, 1.0]])
+    tri = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    rast = rasterize(pos, tri, (8, 8))
+    out = face_attribute(torch.tensor([[1.0], [2.0]]), rast)[0, ..., 0]
+    face = rast[0, ..., 3]
+    assert (out[face == 1] == 1).all() and (out[face == 2] == 2).all() and (out[face == 0] == 0).all()
+    assert (face == 1).any() and (face == 2).any() and (face == 0).any()

@@ -117,3 +117,15 @@ def test_tcnn_fast_path_matches_torch():
     g, = torch.autograd.grad(out.square().sum(), grid.table)
     torch.testing.assert_close(out_tcnn, out, atol=1e-3, rtol=1e-2)
     torch.testing.assert_close(g_tcnn, g, atol=1e-3, rtol=1e-2)
+
+
+def test_density_activations():
+    from stages.render.fields import density_activation
+    raw = torch.tensor([-2.0, 0.0, 30.0], requires_grad=True)
+    torch.testing.assert_close(density_activation(raw, "softplus"), torch.nn.functional.softplus(raw))
+    out = density_activation(raw, "exp")
+    torch.testing.assert_close(out, torch.exp(raw))
+    out.sum().backward()
+    assert raw.grad[2] == torch.exp(torch.tensor(15.0))  # gradient clamped like Instant-NGP's trunc_exp
+    with pytest.raises(ValueError):
+        density_activation(raw, "relu")
