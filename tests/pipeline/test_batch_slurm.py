@@ -205,11 +205,11 @@ def test_cli_flags_reach_sbatch_and_status_sums_up(cluster, tmp_path, capsys):
         (folder / f"{name}.png").write_bytes(b"not a photo")
     out = tmp_path / "out"
     code = cli.main(["batch", str(folder), "-o", str(out), "--partition", "debug", "--time", "00:05:00", "--mem", "1G",
-                     "--cpus-per-job", "1", "--max-parallel", "1", "--images-per-job", "2", "--preset", "cpu"])
+                     "--cpus-per-job", "1", "--max-parallel", "2", "--images-per-job", "2", "--preset", "cpu"])
     assert code == 0 and "submitted 3 image(s) in job(s)" in capsys.readouterr().out
     (script,) = (out / "logs").rglob("*_submission.sh")
     text = script.read_text()
-    for flag in ("--partition=debug", "--time=5", "--mem=1G", "--cpus-per-task=1", "--array=0-1%1",
+    for flag in ("--partition=debug", "--time=5", "--mem=1G", "--cpus-per-task=1", "--array=0-1%2",
                  "--signal=USR2@120", "--requeue"):
         assert f"#SBATCH {flag}" in text, flag
     wait_batch_over(cluster, out)
