@@ -4,9 +4,8 @@ This is what a Slurm array task (or a local job) executes. It is a callable obje
 pickles; its :meth:`BatchJob.checkpoint` is submitit's requeue hook.
 
 Preemption and time limits: Slurm sends SIGUSR2 shortly before the end (``--signal=USR2@N``).
-While an image runs, :class:`JobSignals` turns that into geneman's own stop request (SIGUSR1 to
-this process, which the session's ``StopSignals`` handles), so the running stage writes a
-checkpoint at its next step boundary and raises ``Interrupted``. The job then stops taking
+:class:`JobSignals`, the stop flag the job hands to each image's session, records it, so the
+running stage writes a checkpoint at its next step boundary and raises ``Interrupted``. The job then stops taking
 images, restores submitit's handlers and re-raises SIGUSR2: submitit calls
 :meth:`BatchJob.checkpoint` (the same job again), requeues it with ``scontrol requeue`` and exits.
 The requeued job runs the same images; done ones are skipped and the interrupted one resumes
@@ -20,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +27,7 @@ from pipeline import models, session
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
+from pipeline.signals import StopSignals
 from pipeline.store import LOCK, RunStore
 
 log = logging.getLogger("geneman")
@@ -41,8 +40,6 @@ LOGS = "logs"
 """Where a batch's submitit files go (``OUT/logs/%j``); the job's argv names it."""
 SUBMIT_SCRIPT = "submitit/core/_submit.py"
 """argv[0] of a submitit job process."""
-NUDGE = signal.SIGUSR1
-"""The stop signal this process sends itself so that the running session's ``StopSignals`` sees a preemption."""
 
 
 def job_ids() -> dict:
@@ -56,21 +53,15 @@ def job_ids() -> dict:
             "host": socket.gethostname()}
 
 
-class JobSignals:
-    """Record preemption and stop signals for the whole job; pass a preemption on to the running session.
+class JobSignals(StopSignals):
+    """The job's stop flag, held for its whole run and handed to each image's session.
 
-    While ``in_session`` is true and a stop is pending, a thread sends SIGUSR1 to this process
-    every ``nudge_s`` seconds, so that a session that installed its handlers after the signal
-    arrived still stops.
+    The first of SIGUSR2 (preemption: requeue), SIGTERM, SIGINT or SIGUSR1 (stop) is recorded; the
+    running stage sees it at its next step boundary, writes a checkpoint and raises ``Interrupted``.
     """
 
-    def __init__(self, nudge_s: float = 0.5):
-        self.requested: int | None = None
-        self.in_session = False
-        self.nudge_s = nudge_s
-        self._old: dict[int, Any] = {}
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self):
+        super().__init__((PREEMPT_SIGNAL, *STOP_SIGNALS))
 
     @property
     def preempted(self) -> bool:
@@ -79,30 +70,8 @@ class JobSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.requested is None:
-            self.requested = signum
             log.warning("batch job: got %s; stopping after a checkpoint", signal.Signals(signum).name)
-        if signum == PREEMPT_SIGNAL and self._thread is None:
-            self._thread = threading.Thread(target=self._nudge, name="geneman-preempt", daemon=True)
-            self._thread.start()
-
-    def _nudge(self) -> None:
-        while not self._done.is_set():
-            if self.in_session:
-                os.kill(os.getpid(), NUDGE)
-            self._done.wait(self.nudge_s)
-
-    def __enter__(self) -> "JobSignals":
-        for s in (PREEMPT_SIGNAL, *STOP_SIGNALS):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
+        super()._handle(signum, frame)
 
 
 @dataclass
@@ -204,9 +173,9 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
     clear_stale_job_lock(folder, out)
     tag_run(folder, job_ids())
     log.info("batch job: %s <- %s", folder, photo)
-    sig.in_session = True
     try:
-        session.start(photo, folder, cfg, stages=stages, priors=loaded[0], depth_normal=loaded[1], quiet=quiet)
+        session.start(photo, folder, cfg, stages=stages, priors=loaded[0], depth_normal=loaded[1], quiet=quiet,
+                      stop=sig, extra=job_ids())
         state, error = "done", ""
     except Interrupted as e:
         state, error = "interrupted", ""
@@ -217,8 +186,6 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
     except Exception as e:  # noqa: BLE001 - one image's failure must not stop the others
         state, error = "failed", str(e).splitlines()[0] if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}"
         log.error("%s: failed: %s", name, error)
-    finally:
-        sig.in_session = False
     record_outcome(folder, photo, error)
     return state
 

@@ -102,7 +102,9 @@ class Runner:
         previous = None
         for index, spec in enumerate(self.stages, start=1):
             if self.stop.requested:
-                raise Interrupted(f"stopped by {self.stop.name} before {spec.name}; continue with `geneman resume`")
+                msg = f"stopped by {self.stop.name} before {spec.name}; continue with `geneman resume`"
+                self._set_status("interrupted", msg)
+                raise Interrupted(msg)
             h = digest(spec.name, h, self.cfg.seed, to_dict(getattr(self.cfg, spec.name)), self._prior_key())
             previous = self._stage(spec, index, inputs, previous, h)
         self._set_status("done")

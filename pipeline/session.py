@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -35,11 +36,14 @@ def sha256_file(path: Path) -> str:
 def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
           stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = models.AUTO,
           depth_normal: Any = models.AUTO, from_stage: str | None = None, quiet: bool = False,
-          signals: Iterable[int] = DEFAULT_SIGNALS) -> Any:
+          signals: Iterable[int] = DEFAULT_SIGNALS, stop: StopSignals | None = None,
+          extra: dict | None = None) -> Any:
     """Run ``photo`` into the run folder ``out`` (continuing it when it holds a run of the same photo).
 
     ``priors`` and ``depth_normal`` are resolved by :func:`pipeline.models.prepare` (default: a
-    PriorSet built from ``cfg``, its weights checked before the folder is touched).
+    PriorSet built from ``cfg``, its weights checked before the folder is touched). ``stop``: a
+    stop flag whose handlers the caller already holds (a batch job); else ``signals`` are
+    installed for the run. ``extra`` is merged into the manifest's ``extra`` before anything runs.
 
     Returns:
         The last stage's Result.
@@ -65,15 +69,20 @@ def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty, and is not a geneman run folder; choose another -o folder")
     with store.lock():
+        store.manifest.extra.update(extra or {})
         _record_input(store, photo, mask, sha, mask_sha)
         store.write_text(CONFIG, to_yaml(cfg))
-        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
+        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals, stop)
 
 
 def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any = models.AUTO,
            depth_normal: Any = models.AUTO, from_stage: str | None = None, quiet: bool = False,
-           signals: Iterable[int] = DEFAULT_SIGNALS, cfg: RunConfig | None = None) -> Any:
-    """Continue the run in ``out`` with its stored config (or ``cfg``, which invalidates what it changes)."""
+           signals: Iterable[int] = DEFAULT_SIGNALS, cfg: RunConfig | None = None,
+           stop: StopSignals | None = None) -> Any:
+    """Continue the run in ``out`` with its stored config (or ``cfg``, which invalidates what it changes).
+
+    The other arguments are as in :func:`start`.
+    """
     out = Path(out)
     store = RunStore(out)
     store.load()
@@ -85,7 +94,7 @@ def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any 
             cfg = from_yaml_file(out / CONFIG)
         priors, depth_normal = models.prepare(cfg, stages, priors, depth_normal)
         store.write_text(CONFIG, to_yaml(cfg))
-        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals)
+        return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals, stop)
 
 
 def load_run_config(out: Path) -> RunConfig:
@@ -109,12 +118,12 @@ def _record_input(store: RunStore, photo: Path, mask: Path | None, sha: str, mas
     store.save()
 
 
-def _run(store: RunStore, cfg: RunConfig, stages, priors, depth_normal, from_stage, quiet, signals) -> Any:
+def _run(store: RunStore, cfg: RunConfig, stages, priors, depth_normal, from_stage, quiet, signals, stop) -> Any:
     m = store.manifest
     m.versions, m.host, m.pid = package_versions(), socket.gethostname(), os.getpid()
     store.save()
-    with StopSignals(signals) as stop:
-        runner = Runner(store, cfg, stages, priors=priors, depth_normal=depth_normal, quiet=quiet, stop=stop)
+    with (nullcontext(stop) if stop is not None else StopSignals(signals)) as flag:
+        runner = Runner(store, cfg, stages, priors=priors, depth_normal=depth_normal, quiet=quiet, stop=flag)
         result = runner.run(from_stage=from_stage)
     for path in result.export(store.folder("final"), list(cfg.export.formats)):
         log.info("wrote %s", path)

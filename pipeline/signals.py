@@ -26,7 +26,8 @@ class StopSignals:
     def _handle(self, signum, frame):
         if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = signum
+        if self.requested is None:  # the first signal is the reason that gets reported
+            self.requested = signum
 
     def __enter__(self) -> "StopSignals":
         for s in self.signals:

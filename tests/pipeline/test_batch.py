@@ -149,9 +149,10 @@ def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tm
     assert lock.exists() == (state == "busy")
 
 
-def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, capsys):
+def test_local_executor_two_at_a_time_with_a_bad_image_then_resubmit(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "in"
     expected = {p.stem: reference(p, tmp_path / "ref" / p.stem) for p in photos(folder, (100, 160))}
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.1")  # each image runs >3 s, so overlap is not luck of timing
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     options = BatchOptions(executor="local", max_parallel=2, images_per_job=2)
