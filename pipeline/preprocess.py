@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,19 +118,36 @@ def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     return arr.astype(np.float32) / 255.0
 
 
+@contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block: mediapipe's C++ libraries log there directly.
+
+    Python exceptions still propagate; only what native code prints is dropped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
     """Person mask of an ``[H, W, 3]`` uint8 image from a segmentation backend, float32 in [0, 1]."""
     if backend == "none":
         raise InputError(f"{photo} has no alpha channel, no --mask was given and preprocess.segmentation=none; "
                          "pass --mask MASK.png or give an RGBA photo")
-    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
     try:
         from mediapipe.python.solutions import selfie_segmentation
     except ImportError:
         raise InputError(f"{photo} has no alpha channel and no --mask was given, and no segmentation backend is "
                          "installed: pass --mask MASK.png, give an RGBA photo, or install the 'segment' extra "
                          "(pip install 'geneman[segment]' for mediapipe)") from None
-    with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+    with native_stderr_silenced(), selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         result = seg.process(np.ascontiguousarray(rgb))
     if result.segmentation_mask is None:
         return np.zeros(rgb.shape[:2], np.float32)
