@@ -22,6 +22,7 @@ setup(
         "safetensors>=0.4",
         "trimesh>=4",
         "scikit-image>=0.22",
+        "scipy>=1.10",
         "xatlas>=0.0.9",
         "diffusers>=0.30",
         "transformers>=4.40",

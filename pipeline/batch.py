@@ -214,7 +214,12 @@ def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict, cfg: RunCon
             raise InputError(f"{photo}: {out / name} already belongs to {old} in this batch; rename the photo "
                              "or use another -o folder")
     slurm_jobs = [held[n].get("job_id", "") for n, _ in named if held.get(n, {}).get("executor") == "slurm"]
-    active = slurm_states(slurm_jobs) or {}
+    active = slurm_states(slurm_jobs)
+    if active is None and any(slurm_jobs):
+        raise ConfigError(f"cannot ask squeue whether earlier jobs of {out} are still queued or running "
+                          f"({', '.join(sorted({j for j in slurm_jobs if j}))}); retry where squeue answers, "
+                          "so that no image runs twice")
+    active = active or {}
     todo, skipped = [], {}
     for name, photo in named:
         job = held.get(name, {}).get("job_id", "")

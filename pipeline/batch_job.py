@@ -28,7 +28,7 @@ from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
 from pipeline.signals import StopSignals
-from pipeline.store import LOCK, RunStore
+from pipeline.store import LOCK, RunStore, pid_alive
 
 log = logging.getLogger("geneman")
 
@@ -205,7 +205,10 @@ def clear_stale_job_lock(folder: Path, out: Path) -> None:
         return
     argv = holder.get("argv") or []
     ours = len(argv) >= 2 and argv[0].endswith(SUBMIT_SCRIPT) and Path(argv[1]) == Path(out) / LOGS / "%j"
-    if ours and (holder.get("host"), holder.get("pid")) != (socket.gethostname(), os.getpid()):
+    same_host = holder.get("host") == socket.gethostname()
+    if same_host and (holder.get("pid") == os.getpid() or pid_alive(holder.get("pid"))):
+        return  # a live process of this host holds it: never take it away
+    if ours:
         log.warning("%s: removing the lock of dead batch job pid %s on %s (since %s)", folder, holder.get("pid"),
                     holder.get("host"), holder.get("since", "?"))
         path.unlink(missing_ok=True)

@@ -137,9 +137,10 @@ class Checkpointer:
                 missing = set(objects) - set(ckpt["objects"])
                 if missing:
                     raise ValueError(f"lacks {sorted(missing)}")
-            except ValueError as e:
+            except (ValueError, OSError) as e:
                 log.warning("checkpoint %s is damaged (%s); trying the one before it", path, e)
                 continue
+            self._set_aside_newer_than(step)
             for name, obj in objects.items():
                 _set(obj, ckpt["objects"][name])
             set_rng_state(ckpt["rng"])
@@ -148,6 +149,14 @@ class Checkpointer:
             return int(ckpt["step"])
         self.progress.start(0)
         return 0
+
+    def _set_aside_newer_than(self, step: int) -> None:
+        """Rename damaged checkpoints newer than the one resumed from to ``*.bad``, so that pruning
+        (which keeps the newest files) can never keep them in place of good ones."""
+        for newer, path in list_checkpoints(self.folder):
+            if newer > step:
+                path.rename(path.with_name(path.name + ".bad"))
+                path.with_name(path.name + ".sha256").unlink(missing_ok=True)
 
     def step_done(self, step: int, losses: dict[str, float], objects: dict[str, Any]) -> None:
         """Call after each optimisation step with the number of steps completed.

@@ -54,9 +54,9 @@ class RunConfig:
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     prompt: str = ""
-    """Text prompt of the 2D prior; empty: the caption from preprocess or ``a photo of a person``."""
+    """Text prompt of the 2D prior, carried to the stages in ``Inputs``; empty: ``a photo of a person``."""
     negative_prompt: str = ""
-    """Negative prompt of the 2D prior."""
+    """Negative prompt of the 2D prior, carried to the stages in ``Inputs``."""
     progress_every_s: float = 10.0
     """Seconds between plain progress lines when the output is not a terminal."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

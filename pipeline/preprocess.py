@@ -111,8 +111,11 @@ def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     if img.size != size:
         raise InputError(f"mask {path} is {img.size[0]}x{img.size[1]} but the photo is {size[0]}x{size[1]}; "
                          "give a mask of the same size")
+    alpha = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        arr = np.asarray(img.convert("RGBA"))[..., 3]
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+    if alpha is not None and alpha.min() < 255:  # an opaque alpha says nothing: use the grey levels
+        arr = alpha
     else:
         arr = np.asarray(_to_8bit(img, path).convert("L"))
     return arr.astype(np.float32) / 255.0
@@ -205,7 +208,7 @@ def recentre(rgb: np.ndarray, mask: np.ndarray, canvas: int, fill: float,
     return np.clip(rgb_c, 0, 1), m, [place(e, 0.0) for e in extra]
 
 
-def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str,
+def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_prompt: str = "",
         depth_normal: DepthNormalFn | None = None) -> Inputs:
     """Photo -> :class:`Inputs`: validate, mask, estimate depth/normal on the uncropped photo, recentre.
 
@@ -214,6 +217,7 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str,
         mask_path: optional mask file (white = person).
         cfg: preprocess config.
         prompt: text prompt to carry to the stages.
+        negative_prompt: negative prompt to carry to the stages.
         depth_normal: ``(rgb uint8 [H, W, 3], mask [H, W]) -> (depth [H, W] in [0, 1], normal [H, W, 3])``,
             either of them None when its estimator is missing; None: no estimator at all.
     """
@@ -233,4 +237,5 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str,
     normal_t = None
     if normal is not None:
         normal_t = torch.nn.functional.normalize(torch.from_numpy(next(moved_iter)), dim=-1) * inside[..., None]
-    return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t, prompt=prompt)
+    return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t, prompt=prompt,
+                  negative_prompt=negative_prompt)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import random
 import shutil
 import time
@@ -25,7 +26,7 @@ from pipeline.config import RunConfig, digest, to_dict
 from pipeline.errors import ConfigError, GenemanError, Interrupted, StageFailed, StageNotBuilt
 from pipeline.progress import Progress
 from pipeline.signals import StopSignals
-from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, now
+from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
 
@@ -34,6 +35,7 @@ log = logging.getLogger("geneman")
 #: Fields of ``cfg.priors`` that change memory or location but not results: not hashed.
 UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload")
 DEFAULT_PROMPT = "a photo of a person"
+FINAL = "final"
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,19 @@ class Runner:
                 raise Interrupted(msg)
             h = digest(spec.name, h, self.cfg.seed, to_dict(getattr(self.cfg, spec.name)), self._prior_key())
             previous = self._stage(spec, index, inputs, previous, h)
+        self._export(previous)
         self._set_status("done")
         return previous
+
+    def _export(self, result: Any) -> None:
+        """Write the last Result to ``final/``; the run is done only when this worked."""
+        try:
+            for path in result.export(self.store.folder(FINAL), list(self.cfg.export.formats)):
+                log.info("wrote %s", path)
+        except Exception as e:  # noqa: BLE001 - recorded, then reported as one line
+            error = f"export: {type(e).__name__}: {e}".splitlines()[0]
+            self._set_status("failed", error)
+            raise StageFailed(f"{error} (fix and `geneman resume {self.store.root}`, which exports again)") from e
 
     def _prior_key(self) -> dict:
         d = to_dict(self.cfg.priors)
@@ -131,16 +144,26 @@ class Runner:
 
     def _preprocess(self) -> tuple[Inputs, str]:
         m = self.store.manifest
-        prompt = self.cfg.prompt or DEFAULT_PROMPT
-        h = digest("preprocess", m.input.get("sha256"), m.input.get("mask_sha256"), to_dict(self.cfg.preprocess), prompt)
+        prompts = (self.cfg.prompt or DEFAULT_PROMPT, self.cfg.negative_prompt)
+        h = digest("preprocess", m.input.get("sha256"), m.input.get("mask_sha256"), to_dict(self.cfg.preprocess),
+                   *prompts)
         rec = self.store.stage("preprocess")
         folder = self.store.folder(PREPROCESS)
         if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
-            return Inputs.load(folder / "result"), h
+            inputs = _load_result(Inputs.load, folder, "preprocess")
+            if inputs is not None:
+                return inputs, h
+            rec.hash = ""
         self._reset(rec, "preprocess", h, 1)
         photo = folder / m.input["stored_photo"]
         mask = folder / m.input["stored_mask"] if m.input.get("stored_mask") else None
-        inputs = preprocess.run(photo, mask, self.cfg.preprocess, prompt, self.depth_normal)
+        try:
+            inputs = preprocess.run(photo, mask, self.cfg.preprocess, *prompts, depth_normal=self.depth_normal)
+        except BaseException as e:
+            self._stage_error(rec, "preprocess", folder, e)
+            if isinstance(e, GenemanError):
+                raise
+            raise StageFailed(f"preprocess failed: {rec.error} (traceback in {folder / 'error.log'})") from e
         _save_result(inputs, folder)
         self._finish(rec, 1)
         return inputs, h
@@ -165,7 +188,10 @@ class Runner:
         folder = self.store.folder(spec.folder)
         if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
             log.info("%s: done before, loading its result", spec.name)
-            return spec.module.Result.load(folder / "result")
+            result = _load_result(spec.module.Result.load, folder, spec.name)
+            if result is not None:
+                return result
+            rec.hash = ""
         stage_cfg = getattr(self.cfg, spec.name)
         if not hasattr(spec.module, "run"):
             rec.hash, rec.state, rec.total = h, "not-built", stage_cfg.steps
@@ -181,7 +207,7 @@ class Runner:
         try:
             result = spec.module.run(stage_cfg, inputs, previous, self.priors, ckpt)
         except BaseException as e:
-            self._stage_error(rec, spec, folder, e)
+            self._stage_error(rec, spec.name, folder, e)
             raise StageFailed(f"stage {spec.name} failed at step {rec.step}/{rec.total}: {rec.error} "
                               f"(traceback in {folder / 'error.log'}; fix and `geneman resume {self.store.root}`)") from e
         finally:
@@ -201,7 +227,7 @@ class Runner:
             self._last_write = t
             self.store.save()
 
-    def _stage_error(self, rec, spec: StageSpec, folder: Path, e: BaseException) -> None:
+    def _stage_error(self, rec, name: str, folder: Path, e: BaseException) -> None:
         """Record an exception in run.json (and error.log) unless it is a clean stop."""
         rec.elapsed_s += time.monotonic() - self._t0
         if isinstance(e, Interrupted):
@@ -215,15 +241,33 @@ class Runner:
         rec.state = "failed"
         rec.error = str(e).splitlines()[0] if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}".splitlines()[0]
         atomic_write_bytes(folder / "error.log", "".join(traceback.format_exception(e)).encode())
-        self._set_status("failed", f"{spec.name}: {rec.error}")
+        self._set_status("failed", f"{name}: {rec.error}")
 
 
 def _save_result(result: Any, folder: Path) -> None:
-    """Save a Result into ``folder/result`` whole or not at all (temp folder, then rename)."""
+    """Save a Result into ``folder/result`` whole or not at all (temp folder, fsync, then rename)."""
     tmp = folder / "result.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     result.save(tmp)
+    for path in sorted(tmp.rglob("*"), reverse=True):  # files first, then their folders
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            fsync_dir(path)
+    fsync_dir(tmp)
     final = folder / "result"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_dir(folder)
+
+
+def _load_result(load: Callable[[Path], Any], folder: Path, name: str) -> Any | None:
+    """A done stage's saved Result, or None (with a warning) when it cannot be read: the stage is redone."""
+    try:
+        return load(folder / "result")
+    except Exception as e:  # noqa: BLE001 - any unreadable result means: redo the stage
+        log.warning("%s: its saved result in %s cannot be read (%s: %s); redoing the stage",
+                    name, folder / "result", type(e).__name__, e)
+        return None

@@ -6,7 +6,6 @@ a mistyped command.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
 from contextlib import nullcontext
@@ -18,10 +17,9 @@ from pipeline.config import RunConfig, from_yaml_file, to_yaml
 from pipeline.errors import InputError
 from pipeline.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
 from pipeline.signals import DEFAULT_SIGNALS, StopSignals
-from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, package_versions
+from pipeline.store import LOCK, PREPROCESS, RunStore, atomic_write_bytes, package_versions
 
 CONFIG = "config.yaml"
-log = logging.getLogger("geneman")
 
 
 def sha256_file(path: Path) -> str:
@@ -61,14 +59,9 @@ def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,
     mask_sha = sha256_file(mask) if mask else ""
     priors, depth_normal = models.prepare(cfg, stages, priors, depth_normal)
     store = RunStore(out)
-    if store.exists():
-        held = store.load().input
-        if (held.get("sha256"), held.get("mask_sha256", "")) != (sha, mask_sha):
-            raise InputError(f"{out} holds a run of {held.get('path')} (another photo or mask); "
-                             "choose another -o folder, or `geneman resume` that run")
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} exists and is not empty, and is not a geneman run folder; choose another -o folder")
+    _check_folder(store, sha, mask_sha)
     with store.lock():
+        _check_folder(store, sha, mask_sha)  # again under the lock: another process may have written it since
         store.manifest.extra.update(extra or {})
         _record_input(store, photo, mask, sha, mask_sha)
         store.write_text(CONFIG, to_yaml(cfg))
@@ -95,6 +88,18 @@ def resume(out: Path, stages: Sequence[StageSpec] = DEFAULT_STAGES, priors: Any 
         priors, depth_normal = models.prepare(cfg, stages, priors, depth_normal)
         store.write_text(CONFIG, to_yaml(cfg))
         return _run(store, cfg, stages, priors, depth_normal, from_stage, quiet, signals, stop)
+
+
+def _check_folder(store: RunStore, sha: str, mask_sha: str) -> None:
+    """Load the run in ``store`` if any; refuse a folder that holds another photo's run or other files."""
+    if store.exists():
+        held = store.load().input
+        if (held.get("sha256"), held.get("mask_sha256", "")) != (sha, mask_sha):
+            raise InputError(f"{store.root} holds a run of {held.get('path')} (another photo or mask); "
+                             "choose another -o folder, or `geneman resume` that run")
+    elif store.root.exists() and any(p.name != LOCK for p in store.root.iterdir()):
+        raise InputError(f"{store.root} exists and is not empty, and is not a geneman run folder; "
+                         "choose another -o folder")
 
 
 def load_run_config(out: Path) -> RunConfig:
@@ -124,7 +129,4 @@ def _run(store: RunStore, cfg: RunConfig, stages, priors, depth_normal, from_sta
     store.save()
     with (nullcontext(stop) if stop is not None else StopSignals(signals)) as flag:
         runner = Runner(store, cfg, stages, priors=priors, depth_normal=depth_normal, quiet=quiet, stop=flag)
-        result = runner.run(from_stage=from_stage)
-    for path in result.export(store.folder("final"), list(cfg.export.formats)):
-        log.info("wrote %s", path)
-    return result
+        return runner.run(from_stage=from_stage)

@@ -11,12 +11,14 @@ DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopSignals:
     """Install handlers that record a stop request; restore the old handlers on exit.
 
-    A second SIGINT while a stop is pending raises KeyboardInterrupt at once.
+    A second SIGINT while a stop is pending (whatever signal asked for it) raises
+    KeyboardInterrupt at once.
     """
 
     def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS):
         self.signals = tuple(signals)
         self.requested: int | None = None
+        self._sigint_seen = False
         self._old: dict[int, object] = {}
 
     @property
@@ -24,8 +26,9 @@ class StopSignals:
         return signal.Signals(self.requested).name if self.requested else ""
 
     def _handle(self, signum, frame):
-        if self.requested == signal.SIGINT and signum == signal.SIGINT:
+        if signum == signal.SIGINT and self.requested is not None and self._sigint_seen:
             raise KeyboardInterrupt
+        self._sigint_seen = self._sigint_seen or signum == signal.SIGINT
         if self.requested is None:  # the first signal is the reason that gets reported
             self.requested = signum
 

@@ -184,7 +184,10 @@ class RunStore:
                 pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid) -> bool:
+    """True when a process ``pid`` exists on this host (False for anything that is not a pid)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -194,6 +197,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove_if_unchanged(path: Path, holder: dict) -> bool:
+    """Remove the lock ``path`` only if it still holds ``holder`` (what was judged stale).
+
+    Renaming first makes the check and the removal one step for racing processes: of two that
+    judged the same lock stale, the second finds the first one's fresh lock and puts it back.
+    """
+    aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            now_held = json.loads(aside.read_text() or "{}")
+        except (OSError, ValueError):
+            now_held = {}
+        if now_held != holder:  # someone else took it over in between: give it back
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+            return False
+        return True
+    finally:
+        aside.unlink(missing_ok=True)
+
+
 def _take_over_if_stale(path: Path) -> None:
     """Remove ``path`` when the process that holds it is dead; raise LockError when it lives."""
     try:
@@ -201,9 +231,9 @@ def _take_over_if_stale(path: Path) -> None:
     except (OSError, ValueError):
         holder = {}
     host, pid = holder.get("host"), holder.get("pid")
-    if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
-        log.warning("taking over stale lock %s of dead process %s (since %s)", path, pid, holder.get("since", "?"))
-        path.unlink(missing_ok=True)
+    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+        if _remove_if_unchanged(path, holder):
+            log.warning("took over stale lock %s of dead process %s (since %s)", path, pid, holder.get("since", "?"))
         return
     if not holder:
         try:
@@ -213,8 +243,8 @@ def _take_over_if_stale(path: Path) -> None:
         if age < 5:  # its creator may not have written its pid yet
             time.sleep(0.05)
             return
-        log.warning("taking over unreadable lock %s", path)
-        path.unlink(missing_ok=True)
+        if _remove_if_unchanged(path, holder):
+            log.warning("took over unreadable lock %s", path)
         return
     raise LockError(f"{path.parent} is in use by pid {pid} on {host} since {holder.get('since', '?')}; "
                     f"wait for it, or delete {path} if that process is gone")

@@ -49,6 +49,7 @@ def sample_timesteps(batch: int, t_range: tuple[float, float], num_train_timeste
     """[batch] integer timesteps uniform in ``[min_step, max_step]`` (both ends included)."""
     lo, hi = timestep_bounds(t_range, num_train_timesteps)
     hi = min(hi, num_train_timesteps - 1)
+    lo = min(lo, hi)
     t = torch.randint(lo, hi + 1, (batch,), generator=generator, dtype=torch.long)
     return t.to(device)
 

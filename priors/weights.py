@@ -202,9 +202,10 @@ def resolve(cfg: Config, spec: WeightSpec) -> Path:
 def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> None:
     """Stop before any stage starts when a weight is missing.
 
-    The runner calls this with ``cfg.priors`` and the stage names it will run; the error lists
-    every missing id, file and the folder looked in, one per line. Sapiens weights do not stop
-    the run when ``cfg.sapiens_optional`` is set (preprocess then disables those losses).
+    ``pipeline.models.check_weights`` calls this (through ``PriorSet.check``) with the stage names
+    a run will run; the error lists every missing id, file and the folder looked in, one per line.
+    Sapiens weights do not stop the run when ``cfg.sapiens_optional`` is set: preprocess then
+    leaves the depth / normal maps out of ``Inputs`` (the stages are to skip the matching losses).
     """
     errors = [str(missing_error(r)) for r in check(cfg, stages) if not r.found and not r.optional]
     if errors:

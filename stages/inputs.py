@@ -21,6 +21,7 @@ class Inputs:
         depth: ``[H, W]`` float32 in [0, 1], min-max normalised inside the mask (1 = near), or None.
         normal: ``[H, W, 3]`` float32 unit camera-space normals inside the mask, or None.
         prompt: text prompt of the 2D prior.
+        negative_prompt: negative prompt of the 2D prior.
     """
 
     rgb: torch.Tensor
@@ -28,6 +29,7 @@ class Inputs:
     depth: torch.Tensor | None = None
     normal: torch.Tensor | None = None
     prompt: str = ""
+    negative_prompt: str = ""
 
     def __post_init__(self):
         h, w = self.mask.shape
@@ -44,7 +46,7 @@ class Inputs:
         if self.normal is not None:
             tensors["normal"] = self.normal
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(folder / "inputs.safetensors"))
-        (folder / "meta.json").write_text(json.dumps({"prompt": self.prompt}, indent=2))
+        (folder / "meta.json").write_text(json.dumps({"prompt": self.prompt, "negative_prompt": self.negative_prompt}, indent=2))
         rgba = torch.cat([self.rgb, self.mask[..., None]], dim=-1)
         _png(rgba, folder / "rgba.png")
         _png(self.mask, folder / "mask.png")
@@ -59,7 +61,7 @@ class Inputs:
         t = load_file(str(folder / "inputs.safetensors"))
         meta = json.loads((folder / "meta.json").read_text())
         return cls(rgb=t["rgb"], mask=t["mask"], depth=t.get("depth"), normal=t.get("normal"),
-                   prompt=meta.get("prompt", ""))
+                   prompt=meta.get("prompt", ""), negative_prompt=meta.get("negative_prompt", ""))
 
 
 def _png(x: torch.Tensor, path: Path) -> None:

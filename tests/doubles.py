@@ -64,6 +64,9 @@ class DoubleStage:
         gen = torch.Generator().manual_seed(1234)
         objects = {"model": holder, "optim": opt, "gen": gen}
         start = ckpt.resume(objects)
+        ckpt.folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(ckpt.folder.parent / "starts.txt", "a") as f:  # lets tests see that a resume really resumed
+            f.write(f"{start}\n")
         sleep = float(os.environ.get("GENEMAN_TEST_STEP_SLEEP", "0"))
         fail = os.environ.get("GENEMAN_TEST_FAIL", "")
         pixels = inputs.rgb.reshape(-1, 3)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import socket
 import os
 import signal
 import threading
@@ -134,18 +136,27 @@ def test_resubmit_skips_done_runs_unless_the_config_changed(tmp_path):
         plan(out, named, {"images": {"person": {"photo": "/elsewhere/person.png"}}}, small_config())
 
 
-@pytest.mark.parametrize("argv, state", [(["/v/lib/submitit/core/_submit.py", "{out}/logs/%j"], "done"),
-                                         (["/v/bin/geneman", "resume", "{out}/person"], "busy")])
-def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tmp_path, argv, state):
+JOB_ARGV = ["/v/lib/submitit/core/_submit.py", "{out}/logs/%j"]
+
+
+@pytest.mark.parametrize("argv, host, state", [(JOB_ARGV, "another-node", "done"),
+                                               (["/v/bin/geneman", "resume", "{out}/person"], "another-node", "busy"),
+                                               (JOB_ARGV, "this-host-live-pid", "busy")])
+def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tmp_path, argv, host, state):
     photo = write_person(_mk(tmp_path / "in") / "person.png")
     out = tmp_path / "out"
     reference(photo, out / "person")
     lock = out / "person" / ".lock"
-    lock.write_text(json.dumps({"host": "another-node", "pid": 1, "since": "then",
-                                "argv": [a.format(out=out) for a in argv]}))
+    live = subprocess.Popen(["sleep", "60"])  # on this host a live holder is never dislodged
+    holder = {"host": socket.gethostname(), "pid": live.pid} if host == "this-host-live-pid" else {"host": host, "pid": 1}
+    lock.write_text(json.dumps({**holder, "since": "then", "argv": [a.format(out=out) for a in argv]}))
     cfg = small_config(["texture_refine.steps=7"])  # not done with this config: the job must run it
-    with JobSignals() as sig:
-        assert run_image(out, "person", photo, cfg, double_stages(), (None, None), sig, quiet=True) == state
+    try:
+        with JobSignals() as sig:
+            assert run_image(out, "person", photo, cfg, double_stages(), (None, None), sig, quiet=True) == state
+    finally:
+        live.kill()
+        live.wait()
     assert lock.exists() == (state == "busy")
 
 

@@ -149,3 +149,26 @@ def test_atomic_under_sigkill(tmp_path, seed):
     step = make_ckpt(tmp_path).resume({"model": model})
     assert step >= found[-1][0] and float(model.weight.detach()[0, 0]) == float(step)
     assert not list(tmp_path.glob(".*.tmp")), "temp files of the killed write are cleaned up on resume"
+
+
+def test_damaged_newer_checkpoints_never_outlive_the_good_one(tmp_path):
+    ck = make_ckpt(tmp_path, keep=1)
+    model = torch.nn.Linear(2, 2)
+    ck.save(10, {"model": model})
+    ck.keep = 2
+    ck.save(20, {"model": model})
+    (tmp_path / "step_00000020.pt.sha256").unlink()  # killed between the file and its digest
+    ck.keep = 1
+    assert ck.resume({"model": model}) == 10
+    ck.save(11, {"model": model})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [11]
+    assert ck.resume({"model": torch.nn.Linear(2, 2)}) == 11
+
+
+def test_second_sigint_aborts_after_any_first_signal():
+    with StopSignals((signal.SIGTERM, signal.SIGINT)) as stop:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)  # first Ctrl-C: a stop is already pending, wait for it
+        assert stop.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)

@@ -209,3 +209,14 @@ def test_resume_with_set_redoes_preprocess(tmp_path, capsys):
     assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 256, abs=3)
     assert main(["resume", str(out), "--set", "preprocess.fil=0.5"]) == 2
     assert "did you mean 'preprocess.fill'" in capsys.readouterr().err
+
+
+def test_rgba_mask_with_opaque_alpha_uses_its_grey_levels(tmp_path):
+    p, m = tmp_path / "rgb.png", tmp_path / "mask.png"
+    person_rgba().convert("RGB").save(p)
+    arr = np.zeros((128, 96, 4), np.uint8)
+    arr[..., 3] = 255
+    arr[10:120, 30:66, :3] = 255
+    Image.fromarray(arr, "RGBA").save(m)
+    mask = preprocess.read_mask(m, (96, 128), 10**8)
+    assert (mask > 0.5).mean() == pytest.approx(110 * 36 / (128 * 96))

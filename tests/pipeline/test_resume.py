@@ -62,6 +62,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight, seed):
     assert r.returncode == 0, r.stderr
     assert result_bytes(out) == expected
     assert manifest(out)["status"] == "done"
+    starts = [int(x) for s in STAGES if (out / s / "starts.txt").exists()
+              for x in (out / s / "starts.txt").read_text().split()]
+    assert max(starts) > 0, "the resumed stage started over instead of continuing from its checkpoint"
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_identically(tmp_path, straight):
@@ -166,3 +169,42 @@ def test_manifest_records_inputs_versions_and_timings(tmp_path, photo):
     assert all(len(r.hash) == 16 and r.finished and r.state == "done" for r in m.stages.values())
     assert m.stages["geometry_init"].step == m.stages["geometry_init"].total == 12
     assert (out / "config.yaml").read_text().count("geometry_init:") == 1
+
+
+def test_export_failure_is_not_done_and_resume_exports_again(tmp_path, photo, monkeypatch):
+    from tests.doubles import DoubleResult
+    out = tmp_path / "out"
+    real_export = DoubleResult.export
+
+    def broken(self, folder, formats):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DoubleResult, "export", broken)
+    with pytest.raises(StageFailed, match="export: OSError: disk full"):
+        run_doubles(photo, out)
+    m = manifest(out)
+    assert m["status"] == "failed" and "disk full" in m["error"] and not (out / "final").exists()
+    monkeypatch.setattr(DoubleResult, "export", real_export)
+    session.resume(out, stages=double_stages(), priors=None, depth_normal=None, quiet=True)
+    assert manifest(out)["status"] == "done" and (out / "final" / "weights.txt").is_file()
+
+
+def test_preprocess_failure_is_recorded(tmp_path, photo):
+    out = tmp_path / "out"
+    run_doubles(photo, out)
+    (out / "00_preprocess" / "photo.png").write_bytes(b"damaged")
+    with pytest.raises(InputError, match="not an image"):
+        session.resume(out, stages=double_stages(), priors=None, depth_normal=None, quiet=True,
+                       cfg=small_config(["preprocess.fill=0.8"]))
+    m = manifest(out)
+    assert m["status"] == "failed" and "not an image" in m["error"]
+    assert m["stages"]["preprocess"]["state"] == "failed"
+
+
+def test_unreadable_result_of_a_done_stage_is_redone(tmp_path, photo):
+    out = tmp_path / "out"
+    run_doubles(photo, out)
+    first = result_bytes(out)
+    (out / "02_geometry_sculpt" / "result" / "weights.safetensors").write_bytes(b"")
+    run_doubles(photo, out)
+    assert result_bytes(out) == first
