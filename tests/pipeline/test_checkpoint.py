@@ -133,7 +133,11 @@ WRITER = textwrap.dedent("""
 def test_atomic_under_sigkill(tmp_path, seed):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(random.Random(seed).uniform(0.5, 1.5))
+    t0 = time.time()
+    while not (tmp_path / "step_00000001.pt.sha256").exists():  # a slow disk must not fail the test
+        assert time.time() - t0 < 120, "the writer never finished a checkpoint"
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     found = list_checkpoints(tmp_path)
