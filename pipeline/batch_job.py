@@ -171,7 +171,6 @@ def run_image(out: Path, name: str, photo: Path, cfg: RunConfig, stages: Sequenc
         return "skipped"
     _drop_placeholder(folder)
     clear_stale_job_lock(folder, out)
-    tag_run(folder, job_ids())
     log.info("batch job: %s <- %s", folder, photo)
     try:
         session.start(photo, folder, cfg, stages=stages, priors=loaded[0], depth_normal=loaded[1], quiet=quiet,

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.progress import format_eta
 from pipeline.runner import DEFAULT_STAGES
-from pipeline.store import LOCK, RunStore, StageRecord
+from pipeline.store import LOCK, RunStore, StageRecord, pid_alive
 
 COLUMNS = ("stage", "step/total", "state", "elapsed", "last error")
 
@@ -22,13 +21,7 @@ def lock_holder(root: Path) -> dict | None:
         return None
     if holder.get("host") != socket.gethostname():
         return holder  # cannot check a process on another host: trust the lock
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return None
-    except PermissionError:
-        pass
-    return holder
+    return holder if pid_alive(holder.get("pid")) else None
 
 
 def stage_rows(store: RunStore, live: bool) -> list[tuple[str, ...]]:
