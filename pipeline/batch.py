@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.batch_boot import python_command
 from pipeline.batch_job import LOGS, BatchJob, is_done
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, InputError
@@ -246,7 +247,7 @@ def make_executor(out: Path, options: BatchOptions):
     folder = Path(out) / LOGS / "%j"
     setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
     if options.executor == "local":
-        ex = submitit.LocalExecutor(folder=folder, python=shlex.quote(sys.executable))
+        ex = submitit.LocalExecutor(folder=folder, python=python_command(shlex.quote(sys.executable)))
         minutes = parse_time(options.time) if options.time else LOCAL_TIME_MIN
         ex.update_parameters(timeout_min=minutes, signal_delay_s=options.signal_delay_s, setup=setup)
         return ex
@@ -255,7 +256,7 @@ def make_executor(out: Path, options: BatchOptions):
     if shutil.which("sbatch") is None:
         raise ConfigError("--executor slurm: sbatch not found on this machine; run on a Slurm login node, "
                           "or use --executor local")
-    ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
+    ex = submitit.SlurmExecutor(folder=folder, python=python_command(shlex.quote(sys.executable)))
     params: dict[str, Any] = {"signal_delay_s": options.signal_delay_s, "setup": setup, "job_name": "geneman",
                               "additional_parameters": {"requeue": True}}  # allow scontrol requeue where JobRequeue=0
     for key, value in (("partition", options.partition), ("mem", options.mem), ("cpus_per_task", options.cpus_per_job),

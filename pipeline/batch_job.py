@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline import models, session
+from pipeline.batch_boot import take_early_signal
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
@@ -100,14 +101,20 @@ class BatchJob:
         _setup_job_logging()
         self.results = {}
         with JobSignals() as sig:
-            try:
-                loaded = self.load_models()
-            except GenemanError as e:  # missing weights, no such device: every image fails the same way
-                log.error("batch job: %s", e)
-                return self._fail_all(str(e).splitlines()[0])
+            early = take_early_signal()
+            if early is not None:  # came while python was starting, before any handler of submitit's or ours
+                log.warning("batch job: got %s while starting; no image started", signal.Signals(early).name)
+                sig.requested = early
+            loaded = None  # the priors, built before the first image (not at all when stopped before it)
             for name, photo in self.images:
                 if sig.requested is not None:
                     break
+                if loaded is None:
+                    try:
+                        loaded = self.load_models()
+                    except GenemanError as e:  # missing weights, no such device: every image fails the same way
+                        log.error("batch job: %s", e)
+                        return self._fail_all(str(e).splitlines()[0])
                 state = run_image(Path(self.out), name, Path(photo), self.cfg, self.stages, loaded, sig, self.quiet)
                 self.results[name] = state
                 if state == "interrupted":  # a stop signal reached the session: end the job here

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import socket
 import os
+import shlex
 import signal
+import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from pipeline import cli
-from pipeline.batch import BatchOptions, load_record, parse_time, plan, resolve_inputs, run_names, submit_batch
+from pipeline.batch import (BatchOptions, load_record, make_executor, package_root, parse_time, plan, resolve_inputs,
+                            run_names, submit_batch)
+from pipeline.batch_boot import EARLY_SIGNAL
 from pipeline.batch_job import BatchJob, JobSignals, job_ids, run_image
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import MissingWeights
@@ -205,3 +209,39 @@ def test_cli_batch_refuses_colliding_names_with_one_line(tmp_path, capsys):
 def _mk(folder):
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def test_a_signal_while_python_starts_is_noted_not_fatal(tmp_path):
+    """A job starts as ``python -u -m pipeline.batch_boot -u -m MODULE ARGS``: a SIGUSR2 that comes
+    before the job's own handlers exist (default action: kill) is noted and MODULE runs as ``-m`` would."""
+    ready = tmp_path / "ready"
+    cmd = [sys.executable, "-u", "-m", "pipeline.batch_boot", "-u", "-m", "tests.pipeline.boot_target", str(ready)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=package_root())
+    wait_until(ready.exists, 30, "the target module to start")
+    os.kill(proc.pid, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["argv0"].endswith("tests/pipeline/boot_target.py") and seen["args"] == [str(ready)]
+    assert seen["signal"] == signal.SIGUSR2 and seen["left"] is None  # taken once
+    bad = subprocess.run([sys.executable, "-m", "pipeline.batch_boot", "oops"], capture_output=True, text=True,
+                         cwd=package_root())
+    assert bad.returncode != 0 and "expected '-m MODULE ARGS...'" in bad.stderr
+
+
+@pytest.mark.parametrize("early", [signal.SIGUSR2, signal.SIGTERM])
+def test_a_job_noted_a_signal_while_starting_runs_no_image(tmp_path, monkeypatch, early):
+    """The signal noted by batch_boot stops the job before its priors or any image (SIGUSR2: then requeue)."""
+    photo = write_person(_mk(tmp_path / "in") / "person.png")
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.setenv(EARLY_SIGNAL, str(int(early)))
+    out = tmp_path / "out"
+    job = BatchJob(out, [("person", str(photo))], small_config(), double_stages(), missing_weights)
+    assert job() == {} and not (out / "person").exists()  # missing_weights was never called
+    assert EARLY_SIGNAL not in os.environ
+    assert job() == {"person": "failed"}  # the next job (no signal) does build the priors
+
+
+def test_jobs_start_through_batch_boot(tmp_path):
+    ex = make_executor(tmp_path, BatchOptions(executor="local"))
+    assert ex.python == f"{shlex.quote(sys.executable)} -u -m pipeline.batch_boot"
