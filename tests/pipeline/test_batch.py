@@ -81,7 +81,7 @@ def test_preemption_signal_checkpoints_and_the_next_job_resumes_bitwise(tmp_path
     checkpoint() submission again finishes with the same bytes as an uninterrupted run."""
     photo = write_person(_mk(tmp_path / "in") / "person.png")
     expected = reference(photo, tmp_path / "ref")
-    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.2")  # 1.6 s between the trigger and the end of the stage
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     out = tmp_path / "out"
     job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), no_priors,
@@ -116,7 +116,7 @@ def test_a_job_whose_models_cannot_load_records_every_image_as_failed(tmp_path):
 
 def test_sigterm_mid_stage_stops_the_job_without_taking_the_next_image(tmp_path, monkeypatch):
     photo = write_person(_mk(tmp_path / "in") / "person.png")
-    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.05")
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.2")  # 1.6 s between the trigger and the end of the stage
     out = tmp_path / "out"
     job = BatchJob(out, [("person", str(photo)), ("later", str(photo))], small_config(), double_stages(), no_priors,
                    quiet=True)

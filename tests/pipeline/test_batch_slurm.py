@@ -23,6 +23,8 @@ from tests.slurm.cluster import SlurmCluster, unavailable_reason
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 OPTIONS = dict(executor="slurm", time="01:00:00", mem="1G", cpus_per_job=1, max_parallel=2)
+FAST_AFTER_REQUEUE = '[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && export GENEMAN_TEST_STEP_SLEEP=0 || true'
+"""A job setup line: slow steps (GENEMAN_TEST_STEP_SLEEP, for signals to land mid-stage) in the first run only."""
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +119,9 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_pa
     photo = write_person(tmp_path / "in" / "person.png")
     expected = reference(photo, tmp_path / "ref")
     out = tmp_path / "out"
-    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "0.25")  # sbatch exports it to the job
-    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages(),
-                       priors_factory=no_priors)
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1")  # sbatch exports it; 4 s from step 2 to the stage's end
+    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS, setup=(FAST_AFTER_REQUEUE,)),
+                       stages=double_stages(), priors_factory=no_priors)
     (job,) = sub["jobs"]
     run = out / "person"
     wait_until(lambda: stage_step(run, "geometry_sculpt") >= 2, 120, "geometry_sculpt step 2",
@@ -183,8 +185,7 @@ def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, m
     expected = reference(photo, tmp_path / "ref")
     out = tmp_path / "out"
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "4")  # 30 steps: 120 s, longer than the warning takes to come
-    fast_after_requeue = '[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && export GENEMAN_TEST_STEP_SLEEP=0 || true'
-    options = BatchOptions(**{**OPTIONS, "time": "00:03:00"}, signal_delay_s=90, setup=(fast_after_requeue,))
+    options = BatchOptions(**{**OPTIONS, "time": "00:03:00"}, signal_delay_s=90, setup=(FAST_AFTER_REQUEUE,))
     sub = submit_batch([photo], out, small_config(), options, stages=double_stages(), priors_factory=no_priors)
     (job,) = sub["jobs"]
     wait_until(lambda: "BeginTime" in queue(cluster), 170, "Slurm's time-limit warning to requeue the job",

@@ -51,7 +51,7 @@ def wait_for_step(out, min_step, timeout=60):
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight, seed):
     photo, expected = straight
     out = tmp_path / "out"
-    proc = drive("run", photo, out, env={"GENEMAN_TEST_STEP_SLEEP": "0.05"}, wait=False)
+    proc = drive("run", photo, out, env={"GENEMAN_TEST_STEP_SLEEP": "0.1"}, wait=False)  # 30 steps: 3 s
     wait_for_step(out, 1)
     time.sleep(random.Random(seed).uniform(0.0, 0.4))
     proc.send_signal(signal.SIGKILL)
@@ -70,8 +70,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight, seed):
 def test_sigterm_checkpoints_exits_75_and_resumes_identically(tmp_path, straight):
     photo, expected = straight
     out = tmp_path / "out"
-    proc = drive("run", photo, out, env={"GENEMAN_TEST_STEP_SLEEP": "0.1"}, wait=False)
-    wait_for_step(out, 3)
+    proc = drive("run", photo, out, env={"GENEMAN_TEST_STEP_SLEEP": "0.25"}, wait=False)
+    wait_for_step(out, 3)  # then 2 s until geometry_init ends
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err
