@@ -98,7 +98,13 @@ class BatchJob:
 
     def __call__(self) -> dict:
         """Run the images; return ``{name: state}`` (done, failed, interrupted, skipped)."""
-        _setup_job_logging()
+        restore_logging = _setup_job_logging()
+        try:
+            return self._run()
+        finally:
+            restore_logging()
+
+    def _run(self) -> dict:
         self.results = {}
         with JobSignals() as sig:
             early = take_early_signal()
@@ -145,11 +151,13 @@ class BatchJob:
                                           self.quiet))
 
 
-def _setup_job_logging() -> None:
-    if not log.handlers:
-        from pipeline.cli import setup_logging
+def _setup_job_logging() -> Callable[[], None]:
+    """Log lines to the job's stderr unless the caller set up logging; returns what undoes it."""
+    if log.handlers:
+        return lambda: None
+    from pipeline.cli import setup_logging
 
-        setup_logging(False, False)
+    return setup_logging(False, False)
 
 
 def is_done(folder: Path, cfg: RunConfig | None = None) -> bool:

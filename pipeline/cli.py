@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pipeline import cli_tools
 from pipeline.errors import GenemanError
@@ -86,16 +87,30 @@ LOGGERS = ("geneman", "priors", "stages")
 """The loggers of the packages (pipeline logs as ``geneman``; priors and stages by module name)."""
 
 
-def setup_logging(debug: bool, quiet: bool) -> None:
-    """Log to stderr: short lines on a terminal, timestamped lines otherwise."""
+def setup_logging(debug: bool, quiet: bool) -> Callable[[], None]:
+    """Log to stderr: short lines on a terminal, timestamped lines otherwise.
+
+    Returns:
+        A function that puts the loggers back as they were (for callers that run in a longer-lived
+        process, such as tests calling :func:`main`, so that no handler outlives its stderr).
+    """
     handler = logging.StreamHandler(sys.stderr)
     fmt = "geneman: %(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    before = []
     for name in LOGGERS:
         logger = logging.getLogger(name)
+        before.append((logger, list(logger.handlers), logger.propagate, logger.level))
         logger.handlers[:] = [handler]
         logger.propagate = False
         logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+
+    def restore() -> None:
+        for logger, handlers, propagate, level in before:
+            logger.handlers[:] = handlers
+            logger.propagate, logger.level = propagate, level
+
+    return restore
 
 
 def cli_sets(args) -> list[str]:
@@ -179,7 +194,7 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export"
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``geneman`` console script."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.debug, args.quiet)
+    restore_logging = setup_logging(args.debug, args.quiet)
     try:
         return COMMANDS[args.command](args)
     except GenemanError as e:
@@ -195,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"geneman: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":

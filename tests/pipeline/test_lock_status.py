@@ -114,3 +114,12 @@ def test_progress_bar_on_a_terminal(capsys):
     p.close()
     err = capsys.readouterr().err
     assert "geometry_init" in err and "7/10" in err and "loss=0.5" in err
+
+
+def test_main_leaves_the_loggers_as_it_found_them(tmp_path, capsys):
+    """A process that calls main() more than once (tests, notebooks) keeps no handler bound to an old stderr."""
+    from pipeline.cli import LOGGERS
+    before = [(list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in LOGGERS]
+    assert main(["status", str(tmp_path / "nothing")]) != 0
+    assert "nothing" in capsys.readouterr().err
+    assert [(list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in LOGGERS] == before
