@@ -9,16 +9,23 @@ running stage writes a checkpoint at its next step boundary and raises ``Interru
 images, restores submitit's handlers and re-raises SIGUSR2: submitit calls
 :meth:`BatchJob.checkpoint` (the same job again), requeues it with ``scontrol requeue`` and exits.
 The requeued job runs the same images; done ones are skipped and the interrupted one resumes
-from its checkpoint. SIGTERM (``scancel``, a preemption that Slurm requeues itself, the hard time
-limit) also checkpoints and stops the job, but does not requeue it.
+from its checkpoint.
+
+SIGTERM also checkpoints and stops the job. It requeues the job the same way only when Slurm has
+selected the job for preemption (``scontrol show job`` gives it a ``PreemptTime``): a preempted
+job that ends by itself within the partition's GraceTime is recorded as completed and never
+requeued by Slurm. Any other SIGTERM (``scancel``, the hard time limit) ends the job for good.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,6 +59,37 @@ def job_ids() -> dict:
     return {"slurm_job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
             "slurm_array_task_id": task or "", "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0) or 0),
             "host": socket.gethostname()}
+
+
+def preempted_by_slurm() -> bool:
+    """Whether Slurm has selected the running job for preemption (``PreemptTime`` in ``scontrol show job``).
+
+    False outside Slurm, and (with a warning) when scontrol cannot answer.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or shutil.which("scontrol") is None:
+        return False
+    try:
+        r = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("batch job: cannot ask Slurm whether job %s is preempted: %s", job, e)
+        return False
+    found = re.search(r"\bPreemptTime=(\S+)", r.stdout)
+    if r.returncode != 0 or not found:
+        log.warning("batch job: cannot ask Slurm whether job %s is preempted: %s", job,
+                    (r.stderr.strip() or "no PreemptTime in scontrol's answer").splitlines()[0])
+        return False
+    return found.group(1) not in ("None", "Unknown", "N/A")
+
+
+def _requeue_for(sig: "JobSignals") -> bool:
+    """Whether the signal that stopped the job asks for a requeue: SIGUSR2, or SIGTERM of a preemption."""
+    if sig.preempted:
+        return True
+    if sig.requested == signal.SIGTERM and preempted_by_slurm():
+        log.warning("batch job: the SIGTERM came from a preemption; requeueing the job")
+        return True
+    return False
 
 
 class JobSignals(StopSignals):
@@ -127,7 +165,7 @@ class BatchJob:
                     break
         log.info("batch job: %s", ", ".join(f"{k}={v}" for k, v in self.results.items()) or "nothing run")
         unfinished = len(self.results) < len(self.images) or "interrupted" in self.results.values()
-        if sig.preempted and unfinished and os.environ.get("SUBMITIT_EXECUTOR"):
+        if unfinished and os.environ.get("SUBMITIT_EXECUTOR") and _requeue_for(sig):
             signal.raise_signal(PREEMPT_SIGNAL)  # submitit's handler: checkpoint(), requeue, exit
         return self.results
 

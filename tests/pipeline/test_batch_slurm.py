@@ -145,6 +145,57 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_pa
     assert result_bytes(run) == expected, "the requeued run differs from an uninterrupted run"
 
 
+def test_job_preempted_by_a_higher_tier_partition_requeues_and_matches(cluster, tmp_path, monkeypatch):
+    """Preemption as Slurm does it (PreemptMode=REQUEUE, GraceTime=30 in tests/slurm/slurm.conf.in):
+    SIGTERM, then SIGKILL at the end of the grace time. The job checkpoints and ends within it; a job
+    that ends by itself is recorded as completed and not requeued by Slurm, so it requeues itself."""
+    (tmp_path / "in").mkdir()
+    photo = write_person(tmp_path / "in" / "person.png")
+    expected = reference(photo, tmp_path / "ref")
+    out = tmp_path / "out"
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1")
+    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS, setup=(FAST_AFTER_REQUEUE,)),
+                       stages=double_stages(), priors_factory=no_priors)
+    (job,) = sub["jobs"]
+    run = out / "person"
+    wait_until(lambda: stage_step(run, "geometry_init") >= 2, 120, "geometry_init step 2",
+               on_timeout=lambda: job_logs(out))
+    # A job of the higher tier that needs the whole node: Slurm preempts ours to start it.
+    cluster.run("sbatch", "-p", "urgent", "-c", str(os.cpu_count() or 1), "--mem=1G", "--wrap", "sleep 1",
+                "-o", str(tmp_path / "urgent.out"))
+    wait_until(lambda: "BeginTime" in queue(cluster), 60, "the preempted job to requeue itself",
+               on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
+    m = manifest(run)
+    assert m["status"] == "interrupted" and 2 <= m["stages"]["geometry_init"]["step"] < 12
+    assert "the SIGTERM came from a preemption" in job_logs(out)
+    release_requeued(cluster, job)
+    wait_batch_over(cluster, out)
+    m = manifest(run)
+    assert m["status"] == "done" and m["extra"]["slurm_restart_count"] == 1
+    assert "resumed from" in job_logs(out)
+    assert result_bytes(run) == expected, "the requeued run differs from an uninterrupted run"
+
+
+def test_scancel_stops_the_job_for_good(cluster, tmp_path, monkeypatch):
+    """SIGTERM that is not a preemption (scancel): the stage checkpoints, the job ends, nothing is requeued."""
+    (tmp_path / "in").mkdir()
+    photo = write_person(tmp_path / "in" / "person.png")
+    out = tmp_path / "out"
+    monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1")
+    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS), stages=double_stages(),
+                       priors_factory=no_priors)
+    (job,) = sub["jobs"]
+    run = out / "person"
+    wait_until(lambda: stage_step(run, "geometry_init") >= 2, 120, "geometry_init step 2",
+               on_timeout=lambda: job_logs(out))
+    cluster.run("scancel", job)
+    wait_until(lambda: not queue(cluster), 60, "the job to end", on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
+    m = manifest(run)
+    assert m["status"] == "interrupted" and m["extra"]["slurm_restart_count"] == 0
+    assert "Requeued job" not in job_logs(out) and "preemption" not in job_logs(out)
+    assert "interrupted" in status_text([out]).splitlines()[2]
+
+
 def test_bad_image_fails_alone_and_the_job_finishes_the_others(cluster, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
