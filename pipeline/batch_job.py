@@ -62,9 +62,12 @@ def job_ids() -> dict:
 
 
 def preempted_by_slurm() -> bool:
-    """Whether Slurm has selected the running job for preemption (``PreemptTime`` in ``scontrol show job``).
+    """Whether Slurm is preempting the running job and leaves its requeue to the job.
 
-    False outside Slurm, and (with a warning) when scontrol cannot answer.
+    True when ``scontrol show job`` gives the job a ``PreemptTime`` while it still runs (a grace
+    time: the job may end by itself, and Slurm then records it as completed). False outside Slurm,
+    when the job was not preempted, when Slurm has requeued it already (no grace time: the job is
+    pending again), and (with a warning) when scontrol cannot answer.
     """
     job = os.environ.get("SLURM_JOB_ID")
     if not job or shutil.which("scontrol") is None:
@@ -74,12 +77,15 @@ def preempted_by_slurm() -> bool:
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("batch job: cannot ask Slurm whether job %s is preempted: %s", job, e)
         return False
-    found = re.search(r"\bPreemptTime=(\S+)", r.stdout)
-    if r.returncode != 0 or not found:
+    fields = dict(re.findall(r"\b(JobState|PreemptTime)=(\S+)", r.stdout))
+    if r.returncode != 0 or "JobState" not in fields:
         log.warning("batch job: cannot ask Slurm whether job %s is preempted: %s", job,
-                    (r.stderr.strip() or "no PreemptTime in scontrol's answer").splitlines()[0])
+                    (r.stderr.strip() or "no JobState in scontrol's answer").splitlines()[0])
         return False
-    return found.group(1) not in ("None", "Unknown", "N/A")
+    if fields["JobState"] != "RUNNING":  # PENDING / REQUEUED...: Slurm requeues it (preemption without grace)
+        log.info("batch job: Slurm has set job %s to %s", job, fields["JobState"])
+        return False
+    return fields.get("PreemptTime", "None") not in ("None", "Unknown", "N/A")
 
 
 def _requeue_for(sig: "JobSignals") -> bool:

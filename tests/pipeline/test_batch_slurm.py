@@ -145,17 +145,19 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(cluster, tmp_pa
     assert result_bytes(run) == expected, "the requeued run differs from an uninterrupted run"
 
 
-def test_job_preempted_by_a_higher_tier_partition_requeues_and_matches(cluster, tmp_path, monkeypatch):
-    """Preemption as Slurm does it (PreemptMode=REQUEUE, GraceTime=30 in tests/slurm/slurm.conf.in):
-    SIGTERM, then SIGKILL at the end of the grace time. The job checkpoints and ends within it; a job
-    that ends by itself is recorded as completed and not requeued by Slurm, so it requeues itself."""
+@pytest.mark.parametrize("partition", ["debug", "nograce"])
+def test_job_preempted_by_a_higher_tier_partition_requeues_and_matches(cluster, tmp_path, monkeypatch, partition):
+    """Preemption as Slurm does it (PreemptMode=REQUEUE; tests/slurm/slurm.conf.in): SIGTERM, then
+    SIGKILL. In ``debug`` (GraceTime=30) the job checkpoints and ends within the grace time; Slurm
+    records a job that ends by itself as completed and does not requeue it, so the job requeues
+    itself. In ``nograce`` Slurm has requeued the job already and the job leaves it at that."""
     (tmp_path / "in").mkdir()
     photo = write_person(tmp_path / "in" / "person.png")
     expected = reference(photo, tmp_path / "ref")
     out = tmp_path / "out"
     monkeypatch.setenv("GENEMAN_TEST_STEP_SLEEP", "1")
-    sub = submit_batch([photo], out, small_config(), BatchOptions(**OPTIONS, setup=(FAST_AFTER_REQUEUE,)),
-                       stages=double_stages(), priors_factory=no_priors)
+    options = BatchOptions(**{**OPTIONS, "partition": partition}, setup=(FAST_AFTER_REQUEUE,))
+    sub = submit_batch([photo], out, small_config(), options, stages=double_stages(), priors_factory=no_priors)
     (job,) = sub["jobs"]
     run = out / "person"
     wait_until(lambda: stage_step(run, "geometry_init") >= 2, 120, "geometry_init step 2",
@@ -167,7 +169,11 @@ def test_job_preempted_by_a_higher_tier_partition_requeues_and_matches(cluster, 
                on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
     m = manifest(run)
     assert m["status"] == "interrupted" and 2 <= m["stages"]["geometry_init"]["step"] < 12
-    assert "the SIGTERM came from a preemption" in job_logs(out)
+    logs = job_logs(out)
+    if partition == "debug":
+        assert "the SIGTERM came from a preemption" in logs and "Requeued job" in logs  # by the job
+    else:
+        assert "Slurm has set job" in logs and "Requeued job" not in logs  # by Slurm
     release_requeued(cluster, job)
     wait_batch_over(cluster, out)
     m = manifest(run)
