@@ -1,6 +1,6 @@
 """Rendering benchmarks on CPU (2 threads), each beside a peer run in the same process.
 
-Run:  .venv/bin/python benchmarks/bench_render.py [--repeats 5] [--quick]
+Run:  .venv/bin/python benchmarks/bench_render.py [--repeats 5] [--quick] [--only raster]
 
 Prints a Markdown table (best wall time of ``--repeats`` runs after one warm-up: the machines are
 shared, and the minimum is the figure least disturbed by other processes; the load average is printed
@@ -162,17 +162,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one repeat, skip the 320k mesh")
+    parser.add_argument("--only", choices=["raster", "hashgrid", "volume", "marching"],
+                        help="run only this section")
     args = parser.parse_args()
     torch.set_num_threads(2)
     repeats = 1 if args.quick else args.repeats
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     print("| benchmark | implementation | best time |")
     print("|---|---|---|", flush=True)
-    sections = [lambda: bench_raster(6, repeats)]
-    if not args.quick:
-        sections.append(lambda: bench_raster(7, repeats))
-    sections += [lambda: bench_hashgrid(repeats), lambda: bench_volume(max(1, repeats // 2)),
-                 lambda: bench_marching(repeats)]
+    raster = [lambda: bench_raster(6, repeats)] + ([] if args.quick else [lambda: bench_raster(7, repeats)])
+    sections = {"raster": raster,
+                "hashgrid": [lambda: bench_hashgrid(repeats)],
+                "volume": [lambda: bench_volume(max(1, repeats // 2))],
+                "marching": [lambda: bench_marching(repeats)]}
+    sections = [s for name, group in sections.items() if args.only in (None, name) for s in group]
     for section in sections:
         for row in section():
             print("| " + " | ".join(row) + " |", flush=True)

@@ -98,59 +98,110 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], chunk: int 
 
 def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfaces: bool = False):
     """Pixel-space edge functions, depth planes and bounding boxes of the triangles that can cover a
-    pixel centre. Works on one 1-D tensor per quantity and uses ``index_select`` (advanced indexing,
-    ``roll`` and transposing copies are several times slower on CPU).
+    pixel centre, sorted by bounding-box size bucket (see :func:`_bucket_index`).
+
+    Two passes: the first finds every triangle's pixel bounding box, drops those that hold no pixel
+    centre (and degenerate, behind-camera and culled ones) and sorts the rest by bucket; the second
+    computes the planes of the kept triangles only, already in bucket order, so that each bucket is a
+    contiguous run of table columns. Works on one 1-D tensor per quantity, in place where it can (on
+    CPU a fresh large tensor costs more than the arithmetic), with ``index_select`` gathers (advanced
+    indexing and transposing copies are several times slower) and without ``torch.where`` on
+    unpredictable masks (it is not vectorised).
 
     Returns:
-        ids (K,) of those triangles and a table (16, K) of rows: for each edge i, ``a, b, c`` (inside
+        ids (K,) of those triangles; a table (16, K) of rows: for each edge i, ``a, b, c`` (inside
         where ``a x + b y + c >= 0`` for all three edges); the depth plane ``p0, p1, p2``
-        (``z = p0 x + p1 y + p2``); the pixel bounding box ``x0, xe, y0, ye``.
+        (``z = p0 x + p1 y + p2``); the pixel bounding box ``x0, xe, y0, ye``; and the buckets, a list
+        of ``(start, end, kx, ky)``: columns ``start:end`` have boxes of at most ``kx x ky`` pixels,
+        exactly that size where ``kx`` / ``ky`` is at most 4.
     """
     w = pos[:, 3]
     ws = torch.where(w > 1e-8, w, torch.full_like(w, float("nan")))  # behind the camera: NaN fails every test
-    vert = torch.stack([(pos[:, 0] / ws + 1) * (width / 2) - 0.5, (pos[:, 1] / ws + 1) * (height / 2) - 0.5])
-    corners = tri.t().contiguous()
-    c = [vert.index_select(1, corners[i]) for i in range(3)]  # 3 x (2, F): x, y
-    box = torch.stack([torch.minimum(torch.minimum(c[0][0], c[1][0]), c[2][0]).ceil().clamp(min=0),
-                       torch.maximum(torch.maximum(c[0][0], c[1][0]), c[2][0]).floor().clamp(max=width - 1),
-                       torch.minimum(torch.minimum(c[0][1], c[1][1]), c[2][1]).ceil().clamp(min=0),
-                       torch.maximum(torch.maximum(c[0][1], c[1][1]), c[2][1]).floor().clamp(max=height - 1)])
-    area = (c[1][0] - c[0][0]) * (c[2][1] - c[0][1]) - (c[1][1] - c[0][1]) * (c[2][0] - c[0][0])
-    valid = (box[0] <= box[1]) & (box[2] <= box[3]) & (area.abs() > 1e-12)
+    vx = (pos[:, 0] / ws + 1) * (width / 2) - 0.5
+    vy = (pos[:, 1] / ws + 1) * (height / 2) - 0.5
+    corners = [tri[:, i].contiguous() for i in range(3)]  # far cheaper than tri.t().contiguous()
+
+    def corners_box_area(vid, out):
+        """Gathers corner x, y into out[16:22], the box into out[12:16], d = corner - corner 0 into
+        out[22:26] (dx1, dy1, dx2, dy2); returns the doubled signed area (in out[26])."""
+        cx, cy = out[16:19], out[19:22]
+        for i in range(3):
+            torch.index_select(vx, 0, vid[i], out=cx[i])
+            torch.index_select(vy, 0, vid[i], out=cy[i])
+        for row, c, fn in ((12, cx, torch.minimum), (13, cx, torch.maximum), (14, cy, torch.minimum),
+                           (15, cy, torch.maximum)):
+            fn(fn(c[0], c[1], out=out[row]), c[2], out=out[row])
+        out[12].ceil_().clamp_(min=0)
+        out[13].floor_().clamp_(max=width - 1)
+        out[14].ceil_().clamp_(min=0)
+        out[15].floor_().clamp_(max=height - 1)
+        dx1, dy1, dx2, dy2, area = out[22], out[23], out[24], out[25], out[26]
+        torch.sub(cx[1], cx[0], out=dx1)
+        torch.sub(cy[1], cy[0], out=dy1)
+        torch.sub(cx[2], cx[0], out=dx2)
+        torch.sub(cy[2], cy[0], out=dy2)
+        torch.mul(dx1, dy2, out=area)
+        return area.sub_(dy1 * dx2)
+
+    # pass 1: bounding boxes, validity and bucket of every triangle
+    scratch = torch.empty(27, tri.shape[0], dtype=pos.dtype, device=pos.device)
+    area = corners_box_area(corners, scratch)
+    sx = torch.sub(scratch[13], scratch[12], out=scratch[16])  # box size - 1; < 0 (or NaN): no pixel centre
+    sy = torch.sub(scratch[15], scratch[14], out=scratch[17])
+    valid = (sx >= 0) & (sy >= 0) & (area.abs() > 1e-12)
     if cull_backfaces:  # pixel and NDC axes agree in orientation: counter-clockwise is positive
         valid &= area < 0
-    ids = valid.nonzero().squeeze(1)
-    table = torch.empty(16, ids.shape[0], dtype=pos.dtype, device=pos.device)  # written in place: no copies
-    torch.index_select(box, 1, ids, out=table[12:16])
-    area = area.index_select(0, ids)
-    vid = [corners[i].index_select(0, ids) for i in range(3)]
-    c = [ci.index_select(1, ids) for ci in c]
-    z = [(pos[:, 2] / ws).index_select(0, v) for v in vid]
-    orient = torch.where(area < 0, -1.0, 1.0)
+    n_buckets = _bucket_index(torch.tensor([float(max(height, width))])).long().item() + 1
+    invalid = n_buckets * n_buckets
+    key = _bucket_index(sx.add_(1)).mul_(n_buckets).add_(_bucket_index(sy.add_(1)))
+    key = torch.where(valid, key, invalid).to(torch.uint8 if invalid < 256 else torch.int32)
+    key, order = torch.sort(key)
+    bounds = torch.searchsorted(key, torch.arange(invalid + 1, dtype=key.dtype, device=key.device)).tolist()
+    ids = order[:bounds[-1]]
+    buckets = [(bounds[g], bounds[g + 1], _bucket_size(g // n_buckets), _bucket_size(g % n_buckets))
+               for g in range(invalid) if bounds[g + 1] > bounds[g]]
+
+    # pass 2: planes of the kept triangles, in bucket order
+    vid = [c.index_select(0, ids) for c in corners]
+    table = torch.empty(27, ids.shape[0], dtype=pos.dtype, device=pos.device)  # rows 16: are scratch
+    area = corners_box_area(vid, table)
+    cx, cy = table[16:19], table[19:22]
+    orient = torch.sign(area)  # exactly +-1: |area| > 1e-12
+    xr, yr = torch.empty_like(area).view(torch.int32), torch.empty_like(area).view(torch.int32)
     for i in range(3):
         # Edge opposite corner i, from corner j to k: E = a x + b y + c, c = -(a x_lo + b y_lo) with
         # (x_lo, y_lo) its lower-indexed vertex. a, b change sign exactly between the two triangles
         # sharing the edge (a - b == -(b - a) in floating point) and both use the same reference
         # vertex, so their E are exact negatives: a pixel centre on a shared edge is never missed by both.
         j, k = (i + 1) % 3, (i + 2) % 3
-        swap = vid[j] > vid[k]
-        a = torch.mul(c[j][1] - c[k][1], orient, out=table[3 * i])
-        b = torch.mul(c[k][0] - c[j][0], orient, out=table[3 * i + 1])
-        torch.neg(a * torch.where(swap, c[k][0], c[j][0]) + b * torch.where(swap, c[k][1], c[j][1]),
-                  out=table[3 * i + 2])
+        a = torch.sub(cy[j], cy[k], out=table[3 * i]).mul_(orient)
+        b = torch.sub(cx[k], cx[j], out=table[3 * i + 1]).mul_(orient)
+        swap = (vid[j] > vid[k]).to(torch.int32).neg_()  # all bits set where vertex k is the lower one
+        for ref, c in ((xr, cx), (yr, cy)):  # ref = c[k] if swap else c[j], bit for bit
+            torch.bitwise_xor(c[k].view(torch.int32), c[j].view(torch.int32), out=ref)
+            ref.bitwise_and_(swap).bitwise_xor_(c[j].view(torch.int32))
+        torch.mul(a, xr.view(pos.dtype), out=table[3 * i + 2]).add_(b * yr.view(pos.dtype)).neg_()
     # depth plane z = p0 x + p1 y + p2 through the three corners
-    dx1, dy1, dz1 = c[1][0] - c[0][0], c[1][1] - c[0][1], z[1] - z[0]
-    dx2, dy2, dz2 = c[2][0] - c[0][0], c[2][1] - c[0][1], z[2] - z[0]
-    torch.div(dz1 * dy2 - dz2 * dy1, area, out=table[9])
-    torch.div(dx1 * dz2 - dx2 * dz1, area, out=table[10])
-    torch.sub(z[0], table[9] * c[0][0] + table[10] * c[0][1], out=table[11])
-    return ids, table
+    vz = pos[:, 2] / ws
+    z = [vz.index_select(0, v) for v in vid]
+    dx1, dy1, dx2, dy2 = table[22:26]
+    dz1, dz2 = z[1].sub_(z[0]), z[2].sub_(z[0])
+    torch.mul(dz1, dy2, out=table[9]).sub_(dz2 * dy1).div_(area)
+    torch.mul(dx1, dz2, out=table[10]).sub_(dx2 * dz1).div_(area)
+    torch.mul(table[9], cx[0], out=table[11]).add_(table[10] * cy[0])
+    torch.sub(z[0], table[11], out=table[11])
+    return ids, table[:16], buckets
 
 
-def _bucket(size: Tensor) -> Tensor:
-    """Bounding-box side bucket: exact up to 4 pixels, then the next power of two."""
-    pow2 = torch.exp2(torch.ceil(torch.log2(size.float()))).long()
-    return torch.where(size <= 4, size, pow2)
+def _bucket_index(size: Tensor) -> Tensor:
+    """Bounding-box side bucket of float ``size`` >= 1: ``size - 1`` up to 4 pixels, then
+    ``ceil(log2(size)) + 1`` (the box is padded to the next power of two); see :func:`_bucket_size`."""
+    return torch.minimum(size, torch.log2(size).ceil_().add_(2)).sub_(1)
+
+
+def _bucket_size(index: int) -> int:
+    """Largest box side of bucket ``index``."""
+    return index + 1 if index < 4 else 2 ** (index - 1)
 
 
 def visible_faces(pos: Tensor, tri: Tensor, height: int, width: int, chunk: int = 2**21,
@@ -172,45 +223,54 @@ def visible_faces(pos: Tensor, tri: Tensor, height: int, width: int, chunk: int 
     Returns:
         (H * W,) int64 triangle ids, -1 where no triangle covers the pixel centre.
     """
-    ids, table = _screen_setup(pos, tri, height, width, cull_backfaces)
-    x0, xe, y0, ye = table[12:16]
-    bx, by = _bucket((xe - x0 + 1).long()), _bucket((ye - y0 + 1).long())
-    group = (bx * (2 * max(height, width) + 1) + by).to(torch.int32)
-    order = torch.argsort(group)
-    _, counts = torch.unique_consecutive(group[order], return_counts=True)
-    last = counts.cumsum(0) - 1
+    ids, table, buckets = _screen_setup(pos, tri, height, width, cull_backfaces)
     zbuf = torch.full((height * width,), _EMPTY, dtype=torch.int64, device=pos.device)
-    for members, kx, ky in zip(order.split(counts.tolist()), bx[order][last].tolist(), by[order][last].tolist()):
+    for start, end, kx, ky in buckets:
         rows = ky if kx * ky <= chunk else max(1, chunk // kx)
-        dx = torch.arange(kx, device=pos.device, dtype=pos.dtype)
-        for faces in members.split(max(1, chunk // (kx * rows))):
+        dx = torch.arange(kx, device=pos.device, dtype=pos.dtype)[:, None]
+        step = max(1, chunk // (kx * rows))
+        for s in range(start, end, step):
+            e = min(end, s + step)
             for r0 in range(0, ky, rows):
-                dy = torch.arange(r0, min(ky, r0 + rows), device=pos.device, dtype=pos.dtype)
-                _depth_test(zbuf, faces, ids, dx, dy, table, width)
+                dy = torch.arange(r0, min(ky, r0 + rows), device=pos.device, dtype=pos.dtype)[:, None]
+                _depth_test(zbuf, table[:, s:e], ids[s:e], dx, dy, kx > 4, ky > 4, width)
     return torch.where(zbuf == _EMPTY, -1, zbuf & 0xFFFFFFFF)
 
 
-def _depth_test(zbuf: Tensor, local: Tensor, ids: Tensor, dx: Tensor, dy: Tensor, table: Tensor,
+def _depth_test(zbuf: Tensor, t: Tensor, ids: Tensor, dx: Tensor, dy: Tensor, clip_x: bool, clip_y: bool,
                 width: int) -> None:
     """Inside and depth test of the pixel block ``dy x dx`` offset from the bounding-box corner of each
-    triangle ``local`` (columns of the :func:`_screen_setup` table; ``ids`` maps them to triangle ids).
+    triangle (columns ``t`` of the :func:`_screen_setup` table, triangle ids ``ids``); ``clip_x`` /
+    ``clip_y``: the block can reach past the bounding box on that axis.
 
-    Candidates are laid out (block offset, triangle) so that every elementwise kernel runs over a long
-    contiguous triangle axis (a short innermost axis of 1-4 pixels makes CPU kernels several times slower).
+    Candidates are laid out (row offset, column offset, triangle) so that every elementwise kernel runs
+    over a long contiguous triangle axis (a short innermost axis of 1-4 pixels makes CPU kernels several
+    times slower). Products with x only depend on the column offset and those with y on the row, so
+    they are computed on (columns, n) and (rows, n) and only the sums are per candidate; the sums are
+    the same floating-point operations in the same order as ``a * x + b * y + c``.
     """
-    t = table.index_select(1, local)  # (16, n)
     n = t.shape[1]
-    x = t[12] + dx.repeat(dy.shape[0])[:, None]  # (m, n)
-    y = t[14] + dy.repeat_interleave(dx.shape[0])[:, None]
-    inside = (x <= t[13]) & (y <= t[15])
+    x = t[12] + dx  # (kx, n)
+    y = t[14] + dy  # (ky, n)
+    low = None
     for i in range(3):
-        inside &= t[3 * i] * x + t[3 * i + 1] * y + t[3 * i + 2] >= 0
-    z = t[9] * x + t[10] * y + t[11]
-    inside &= (z >= -1) & (z <= 1)
+        e = torch.add((t[3 * i + 1] * y)[:, None], (t[3 * i] * x)[None]).add_(t[3 * i + 2])  # (ky, kx, n)
+        # the lowest of the three edge functions; NaN propagates and fails the test like >= 0 would
+        low = e if low is None else torch.minimum(low, e, out=low)
+    inside = low >= 0  # one comparison: they are several times slower than arithmetic on CPU
+    del low, e
+    if clip_y:
+        inside &= (y <= t[15])[:, None]
+    if clip_x:
+        inside &= (x <= t[13])[None]
+    z = torch.add((t[10] * y)[:, None], (t[9] * x)[None]).add_(t[11])  # (ky, kx, n)
     hit = inside.reshape(-1).nonzero().squeeze(1)
-    key = ((z.reshape(-1).index_select(0, hit) + 1) * (0.5 * _DEPTH_SCALE)).long() << 32
-    pix = y.reshape(-1).index_select(0, hit) * width + x.reshape(-1).index_select(0, hit)
-    zbuf.scatter_reduce_(0, pix.long(), key | ids.index_select(0, local.index_select(0, hit % n)), reduce="amin")
+    zh = z.reshape(-1).index_select(0, hit)
+    local = hit % n if hit.numel() and z.shape[0] * z.shape[1] > 1 else hit
+    key = ((zh + 1) * (0.5 * _DEPTH_SCALE)).long() << 32 | ids.index_select(0, local)
+    key = torch.where(zh.abs() <= 1, key, _EMPTY)  # z / w outside [-1, 1] is clipped (NaN too)
+    pix = torch.add((y * width)[:, None], x[None]).reshape(-1).index_select(0, hit)
+    zbuf.scatter_reduce_(0, pix.long(), key, reduce="amin")
 
 
 def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int) -> Tensor:
@@ -227,7 +287,7 @@ def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int
     """
     pix = (face >= 0).nonzero().squeeze(1)
     f = face.index_select(0, pix)
-    corners = tri.index_select(0, f).t().contiguous()
+    corners = [c.contiguous() for c in tri.index_select(0, f).unbind(1)]  # cheaper than .t().contiguous()
     v = [pos.index_select(0, corners[i]) for i in range(3)]  # 3 x (P, 4)
     w = [vi[:, 3] for vi in v]
     nx, ny = [vi[:, 0] / wi for vi, wi in zip(v, w)], [vi[:, 1] / wi for vi, wi in zip(v, w)]
