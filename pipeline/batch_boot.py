@@ -21,8 +21,12 @@ import sys
 
 EARLY_SIGNAL = "GENEMAN_EARLY_SIGNAL"
 """Environment variable holding the number of the first signal caught before the job's callable ran."""
-CAUGHT = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-"""The signals a batch job acts on (:data:`pipeline.batch_job.PREEMPT_SIGNAL` and the stop signals)."""
+PREEMPT_SIGNAL = signal.SIGUSR2
+"""What Slurm sends before the time limit (submitit's ``--signal=USR2@N``): checkpoint and requeue."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+"""What stops a job (also geneman's own stop signals); SIGTERM requeues only a preempted job."""
+CAUGHT = (PREEMPT_SIGNAL, *STOP_SIGNALS)
+"""The signals a batch job acts on."""
 
 
 def _note(signum, frame) -> None:

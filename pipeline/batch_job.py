@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline import models, session
-from pipeline.batch_boot import take_early_signal
+from pipeline.batch_boot import CAUGHT, PREEMPT_SIGNAL, take_early_signal
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
 from pipeline.runner import DEFAULT_STAGES, StageSpec
@@ -40,10 +40,6 @@ from pipeline.store import LOCK, RunStore, pid_alive
 
 log = logging.getLogger("geneman")
 
-PREEMPT_SIGNAL = signal.SIGUSR2
-"""What Slurm sends before the time limit (submitit's ``--signal=USR2@N``)."""
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-"""What stops a job without requeueing it (also geneman's own stop signals)."""
 LOGS = "logs"
 """Where a batch's submitit files go (``OUT/logs/%j``); the job's argv names it."""
 SUBMIT_SCRIPT = "submitit/core/_submit.py"
@@ -106,7 +102,7 @@ class JobSignals(StopSignals):
     """
 
     def __init__(self):
-        super().__init__((PREEMPT_SIGNAL, *STOP_SIGNALS))
+        super().__init__(CAUGHT)
 
     @property
     def preempted(self) -> bool:

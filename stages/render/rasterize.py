@@ -120,32 +120,44 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     vx = (pos[:, 0] / ws + 1) * (width / 2) - 0.5
     vy = (pos[:, 1] / ws + 1) * (height / 2) - 0.5
     corners = [tri[:, i].contiguous() for i in range(3)]  # far cheaper than tri.t().contiguous()
-
-    def corners_box_area(vid, out):
-        """Gathers corner x, y into out[16:22], the box into out[12:16], d = corner - corner 0 into
-        out[22:26] (dx1, dy1, dx2, dy2); returns the doubled signed area (in out[26])."""
-        cx, cy = out[16:19], out[19:22]
-        for i in range(3):
-            torch.index_select(vx, 0, vid[i], out=cx[i])
-            torch.index_select(vy, 0, vid[i], out=cy[i])
-        for row, c, fn in ((12, cx, torch.minimum), (13, cx, torch.maximum), (14, cy, torch.minimum),
-                           (15, cy, torch.maximum)):
-            fn(fn(c[0], c[1], out=out[row]), c[2], out=out[row])
-        out[12].ceil_().clamp_(min=0)
-        out[13].floor_().clamp_(max=width - 1)
-        out[14].ceil_().clamp_(min=0)
-        out[15].floor_().clamp_(max=height - 1)
-        dx1, dy1, dx2, dy2, area = out[22], out[23], out[24], out[25], out[26]
-        torch.sub(cx[1], cx[0], out=dx1)
-        torch.sub(cy[1], cy[0], out=dy1)
-        torch.sub(cx[2], cx[0], out=dx2)
-        torch.sub(cy[2], cy[0], out=dy2)
-        torch.mul(dx1, dy2, out=area)
-        return area.sub_(dy1 * dx2)
-
     # pass 1: bounding boxes, validity and bucket of every triangle
-    scratch = torch.empty(27, tri.shape[0], dtype=pos.dtype, device=pos.device)
-    area = corners_box_area(corners, scratch)
+    ids, buckets = _kept_by_bucket(vx, vy, corners, height, width, cull_backfaces)
+    # pass 2: planes of the kept triangles, in bucket order
+    vid = [c.index_select(0, ids) for c in corners]
+    table = torch.empty(27, ids.shape[0], dtype=pos.dtype, device=pos.device)  # rows 16: are scratch
+    _edge_and_depth_planes(table, vid, _corners_box_area(vx, vy, vid, table, height, width), pos[:, 2] / ws)
+    return ids, table[:16], buckets
+
+
+def _corners_box_area(vx: Tensor, vy: Tensor, vid: list[Tensor], out: Tensor, height: int, width: int) -> Tensor:
+    """Gathers corner x, y into out[16:22], the box into out[12:16], d = corner - corner 0 into
+    out[22:26] (dx1, dy1, dx2, dy2); returns the doubled signed area (in out[26])."""
+    cx, cy = out[16:19], out[19:22]
+    for i in range(3):
+        torch.index_select(vx, 0, vid[i], out=cx[i])
+        torch.index_select(vy, 0, vid[i], out=cy[i])
+    for row, c, fn in ((12, cx, torch.minimum), (13, cx, torch.maximum), (14, cy, torch.minimum),
+                       (15, cy, torch.maximum)):
+        fn(fn(c[0], c[1], out=out[row]), c[2], out=out[row])
+    out[12].ceil_().clamp_(min=0)
+    out[13].floor_().clamp_(max=width - 1)
+    out[14].ceil_().clamp_(min=0)
+    out[15].floor_().clamp_(max=height - 1)
+    dx1, dy1, dx2, dy2, area = out[22], out[23], out[24], out[25], out[26]
+    torch.sub(cx[1], cx[0], out=dx1)
+    torch.sub(cy[1], cy[0], out=dy1)
+    torch.sub(cx[2], cx[0], out=dx2)
+    torch.sub(cy[2], cy[0], out=dy2)
+    torch.mul(dx1, dy2, out=area)
+    return area.sub_(dy1 * dx2)
+
+
+def _kept_by_bucket(vx: Tensor, vy: Tensor, corners: list[Tensor], height: int, width: int,
+                    cull_backfaces: bool) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+    """Ids of the triangles whose box holds a pixel centre (not degenerate, not culled), sorted by
+    bucket, and the buckets as ``(start, end, kx, ky)`` runs of those ids."""
+    scratch = torch.empty(27, corners[0].shape[0], dtype=vx.dtype, device=vx.device)
+    area = _corners_box_area(vx, vy, corners, scratch, height, width)
     sx = torch.sub(scratch[13], scratch[12], out=scratch[16])  # box size - 1; < 0 (or NaN): no pixel centre
     sy = torch.sub(scratch[15], scratch[14], out=scratch[17])
     valid = (sx >= 0) & (sy >= 0) & (area.abs() > 1e-12)
@@ -157,14 +169,13 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     key = torch.where(valid, key, invalid).to(torch.uint8 if invalid < 256 else torch.int32)
     key, order = torch.sort(key)
     bounds = torch.searchsorted(key, torch.arange(invalid + 1, dtype=key.dtype, device=key.device)).tolist()
-    ids = order[:bounds[-1]]
     buckets = [(bounds[g], bounds[g + 1], _bucket_size(g // n_buckets), _bucket_size(g % n_buckets))
                for g in range(invalid) if bounds[g + 1] > bounds[g]]
+    return order[:bounds[-1]], buckets
 
-    # pass 2: planes of the kept triangles, in bucket order
-    vid = [c.index_select(0, ids) for c in corners]
-    table = torch.empty(27, ids.shape[0], dtype=pos.dtype, device=pos.device)  # rows 16: are scratch
-    area = corners_box_area(vid, table)
+
+def _edge_and_depth_planes(table: Tensor, vid: list[Tensor], area: Tensor, vz: Tensor) -> None:
+    """Rows 0:12 of ``table`` (edge functions, depth plane) from its corner rows 16:26 and ``area``."""
     cx, cy = table[16:19], table[19:22]
     orient = torch.sign(area)  # exactly +-1: |area| > 1e-12
     xr, yr = torch.empty_like(area).view(torch.int32), torch.empty_like(area).view(torch.int32)
@@ -180,9 +191,8 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
         for ref, c in ((xr, cx), (yr, cy)):  # ref = c[k] if swap else c[j], bit for bit
             torch.bitwise_xor(c[k].view(torch.int32), c[j].view(torch.int32), out=ref)
             ref.bitwise_and_(swap).bitwise_xor_(c[j].view(torch.int32))
-        torch.mul(a, xr.view(pos.dtype), out=table[3 * i + 2]).add_(b * yr.view(pos.dtype)).neg_()
+        torch.mul(a, xr.view(table.dtype), out=table[3 * i + 2]).add_(b * yr.view(table.dtype)).neg_()
     # depth plane z = p0 x + p1 y + p2 through the three corners
-    vz = pos[:, 2] / ws
     z = [vz.index_select(0, v) for v in vid]
     dx1, dy1, dx2, dy2 = table[22:26]
     dz1, dz2 = z[1].sub_(z[0]), z[2].sub_(z[0])
@@ -190,7 +200,6 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     torch.mul(dx1, dz2, out=table[10]).sub_(dx2 * dz1).div_(area)
     torch.mul(table[9], cx[0], out=table[11]).add_(table[10] * cy[0])
     torch.sub(z[0], table[11], out=table[11])
-    return ids, table[:16], buckets
 
 
 def _bucket_index(size: Tensor) -> Tensor:
