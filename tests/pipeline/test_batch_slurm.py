@@ -16,13 +16,15 @@ from pipeline.errors import ConfigError
 from pipeline.status import status_text
 from submitit.core.utils import JobPaths
 from tests.doubles import double_stages, small_config
-from tests.pipeline.batch_helpers import manifest, no_priors, photos, reference, result_bytes, stage_step, wait_until
+from tests.pipeline.batch_helpers import (STAGE_FOLDERS, manifest, no_priors, photos, reference, result_bytes,
+                                          stage_step, wait_until)
 from tests.pipeline.conftest import write_person
 from tests.slurm.cluster import SlurmCluster, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 OPTIONS = dict(executor="slurm", time="01:00:00", mem="1G", cpus_per_job=1, max_parallel=2)
+STAGE_FOLDER = dict(zip(("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine"), STAGE_FOLDERS))
 FAST_AFTER_REQUEUE = '[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && export GENEMAN_TEST_STEP_SLEEP=0 || true'
 """A job setup line: slow steps (GENEMAN_TEST_STEP_SLEEP, for signals to land mid-stage) in the first run only."""
 
@@ -235,7 +237,9 @@ def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, m
 
     Slurm sends the warning up to about 30 s before it is due (measured here: 17 to 27 s into a
     2-minute job with USR2@90), so with 3 minutes it comes 60 to 90 s into the job, when the image
-    has been running for a while and is not finished (40 steps of 3 s).
+    has been running for a while and is not finished (30 steps of 4 s). Where it lands is up to
+    Slurm: usually within a step (the stage checkpoints there), sometimes in a stage's last step or
+    in preprocess (the run stops between stages); either way nothing done is done again.
     """
     (tmp_path / "in").mkdir()
     photo = write_person(tmp_path / "in" / "person.png")
@@ -247,13 +251,26 @@ def test_time_limit_warning_from_slurm_requeues_and_matches(cluster, tmp_path, m
     (job,) = sub["jobs"]
     wait_until(lambda: "BeginTime" in queue(cluster), 170, "Slurm's time-limit warning to requeue the job",
                on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
-    assert manifest(out / "person")["status"] == "interrupted" and "this job is timed-out" in job_logs(out)
+    stopped = manifest(out / "person")
+    assert stopped["status"] == "interrupted" and "this job is timed-out" in job_logs(out)
     release_requeued(cluster, job)
     wait_batch_over(cluster, out)
     assert manifest(out / "person")["status"] == "done"
-    logs = job_logs(out)
-    assert "resumed from" in logs  # continued, not restarted
+    assert_continued(out / "person", stopped, job_logs(out))
     assert result_bytes(out / "person") == expected
+
+
+def assert_continued(run, stopped: dict, logs: str) -> None:
+    """The requeued job continued the run (``stopped``: its manifest when the first job ended):
+    the interrupted stage from its checkpoint, and no stage that had begun started from 0 again."""
+    for name, rec in stopped["stages"].items():
+        if name not in STAGE_FOLDER or rec["state"] in ("pending", "not-built"):
+            continue
+        starts = [int(x) for x in (run / STAGE_FOLDER[name] / "starts.txt").read_text().split()]
+        assert starts[0] == 0 and all(s > 0 for s in starts[1:]), f"{name} restarted: starts {starts}"
+        if rec["state"] == "interrupted" and rec["step"] > 0:
+            assert starts == [0, rec["step"]], f"{name} stopped at {rec['step']}, starts {starts}"
+            assert f"{STAGE_FOLDER[name]}/ckpt/step_{rec['step']:08d}.pt" in logs and "resumed from" in logs
 
 
 def test_warning_while_the_job_starts_requeues_it(cluster, tmp_path):
