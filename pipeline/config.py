@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from omegaconf import OmegaConf
@@ -51,7 +52,7 @@ class RunConfig:
 
     seed: int = 0
     """Seed of every random generator (python, numpy, torch)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda(:\d+)?", "hint": "auto, cpu, cuda or cuda:N"})
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     prompt: str = ""
     """Text prompt of the 2D prior, carried to the stages in ``Inputs``; empty: ``a photo of a person``."""
@@ -172,8 +173,42 @@ def load_config(preset: str | None = "release", config_file: str | Path | None =
     return obj
 
 
+def schema_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(full key, owning dataclass instance, dataclasses.Field)`` of every leaf of a config
+    dataclass; a :class:`Ramp` is a leaf."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value) and not isinstance(value, Ramp):
+            yield from schema_leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", obj, f
+
+
+def check_field_values(cfg: RunConfig) -> None:
+    """Check each value against its field's ``metadata``: ``choices``, ``pattern`` (+ ``hint``),
+    ``min`` and ``max`` (inclusive).
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
+    for key, owner, f in schema_leaves(cfg):
+        value, meta = getattr(owner, f.name), f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            near = difflib.get_close_matches(str(value), meta["choices"], n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(meta['choices'])}{hint}")
+        if "pattern" in meta and not re.fullmatch(meta["pattern"], str(value)):
+            raise ConfigError(f"{key}={value!r} is not valid; use {meta['hint']}")
+        low, high = meta.get("min"), meta.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if low is not None and high is not None else (
+                f"at least {low}" if low is not None else f"at most {high}")
+            raise ConfigError(f"{key}={value} is out of range; it must be {bounds}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Field values against their schema metadata, then cross-field checks that types alone cannot express."""
+    check_field_values(cfg)
     for name in ("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine"):
         steps = getattr(cfg, name).steps
         if steps < 1:

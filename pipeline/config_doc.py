@@ -9,11 +9,9 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from dataclasses import fields, is_dataclass
 from functools import lru_cache
 
-from pipeline.config import PRESETS, RunConfig, load_config, to_dict
-from stages.schedule import Ramp
+from pipeline.config import PRESETS, RunConfig, load_config, schema_leaves, to_dict
 
 
 @lru_cache(maxsize=None)
@@ -31,13 +29,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def leaves(obj, prefix: str = ""):
     """``(key, owner class, field name)`` of every leaf of a config dataclass (a Ramp is a leaf)."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value) and not isinstance(value, Ramp):
-            yield from leaves(value, f"{key}.")
-        else:
-            yield key, type(obj), f.name
+    for key, owner, f in schema_leaves(obj, prefix):
+        yield key, type(owner), f.name
 
 
 def _lookup(d: dict, key: str):

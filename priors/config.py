@@ -1,7 +1,7 @@
 """Where the pretrained weights come from and how the frozen networks run."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -42,16 +42,16 @@ class Config:
     """TorchScript file of the Sapiens depth estimator inside ``sapiens_depth``."""
     sapiens_optional: bool = False
     """Missing Sapiens weights disable the depth / normal losses with a warning instead of stopping."""
-    cfg_variant: str = "release"
+    cfg_variant: str = field(default="release", metadata={"choices": ("standard", "release")})
     """CFG form of the GeneMAN 2D prior's SDS: ``standard`` (u + s (c - u)) or ``release`` (c + s (c - u)).
 
     The release uses ``release`` there and the standard form for the 3D prior, the adapted guidance
     and SDEdit, which always use ``standard``."""
-    weighting: str = "sds"
+    weighting: str = field(default="sds", metadata={"choices": ("sds", "uniform", "fantasia3d")})
     """SDS weight w(t): ``sds`` (1 - alpha_bar), ``uniform`` (1) or ``fantasia3d``."""
-    dtype: str = "auto"
+    dtype: str = field(default="auto", metadata={"choices": ("auto", "fp32", "fp16", "bf16")})
     """Network precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``."""
-    attention: str = "sdpa"
+    attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "xformers")})
     """Attention kernel: ``sdpa`` (PyTorch scaled-dot-product) or ``xformers`` (CUDA only, optional)."""
     attention_slicing: bool = False
     """Compute attention in slices to save memory."""

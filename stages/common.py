@@ -68,7 +68,7 @@ class PartCameraConfig:
 class OptimConfig:
     """Adam / AdamW settings."""
 
-    name: str = "adam"
+    name: str = field(default="adam", metadata={"choices": ("adam", "adamw")})
     """Optimiser: ``adam`` or ``adamw``."""
     lr: float = 0.01
     """Learning rate of the main parameters (field / texture encoding)."""

@@ -29,7 +29,7 @@ class Config:
     """Radius of the bounding sphere of the field."""
     samples_per_ray: int = 512
     """Volume-rendering samples per ray."""
-    normal_type: str = "finite_difference"
+    normal_type: str = field(default="finite_difference", metadata={"choices": ("finite_difference", "analytic")})
     """Normals from the density gradient: ``finite_difference`` or ``analytic``."""
     density_blob_scale: float = 10.0
     """Scale of the initial density blob (Magic3D initialisation)."""
@@ -45,7 +45,7 @@ class Config:
     guidance_3d: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
         guidance_scale=5.0, min_t=Ramp(0.7, 0.2, 0, 200), max_t=Ramp(0.85, 0.5, 0, 200)))
     """3D prior (Zero-1-to-3 architecture) SDS."""
-    depth_loss: str = "ls_mse"
+    depth_loss: str = field(default="ls_mse", metadata={"choices": ("ls_mse", "pearson")})
     """Reference depth loss: ``ls_mse`` (MSE after least-squares scale/shift) or ``pearson``."""
     lambda_sds: Ramp = ramp_field(0.1)
     """Weight of the 2D-prior SDS loss."""

@@ -81,6 +81,16 @@ def test_config_file_layer_between_preset_and_set(tmp_path):
     (["geometry_init=3"], ["'geometry_init' is a section"]),
     (["export.formats=[fbx]"], ["fbx"]),
     (["nonsense"], ["a.b=value"]),
+    (["preprocess.segmentation=mediapip"], ["preprocess.segmentation='mediapip'", "auto, mediapipe, none",
+                                            "did you mean 'mediapipe'"]),
+    (["geometry_init.depth_loss=l2"], ["geometry_init.depth_loss", "ls_mse, pearson"]),
+    (["geometry_sculpt.optim.name=sgd"], ["geometry_sculpt.optim.name='sgd'", "adam, adamw"]),
+    (["priors.dtype=fp8"], ["priors.dtype", "auto, fp32, fp16, bf16"]),
+    (["priors.attention=flash"], ["priors.attention", "sdpa, xformers"]),
+    (["device=gpu"], ["device='gpu'", "auto, cpu, cuda or cuda:N"]),
+    (["preprocess.fill=5"], ["preprocess.fill=5.0 is out of range", "between 0.05 and 1.0"]),
+    (["preprocess.canvas=-3"], ["preprocess.canvas=-3", "at least 64"]),
+    (["preprocess.min_mask_fraction=-0.1"], ["preprocess.min_mask_fraction", "between 0.0 and 0.5"]),
 ])
 def test_bad_values_name_the_key(sets, words):
     with pytest.raises(ConfigError) as e:
@@ -89,6 +99,12 @@ def test_bad_values_name_the_key(sets, words):
     assert "\n" not in msg
     for w in words:
         assert w in msg
+
+
+@pytest.mark.parametrize("sets", [["device=cuda:1"], ["device=cpu"], ["preprocess.fill=1.0"],
+                                  ["preprocess.min_mask_fraction=0"], ["priors.cfg_variant=standard"]])
+def test_values_at_the_edges_of_what_is_allowed_load(sets):
+    load_config("release", None, sets)
 
 
 def test_unknown_preset_and_bad_files(tmp_path):
