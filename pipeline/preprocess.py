@@ -10,7 +10,7 @@ import os
 import sys
 from contextlib import contextmanager
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,15 +30,15 @@ DepthNormalFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray | None, np.
 class Config:
     """Photo loading, person mask and recentring (defaults: the release)."""
 
-    canvas: int = 1024
+    canvas: int = field(default=1024, metadata={"min": 64})
     """Side of the square canvas the person is recentred on."""
-    fill: float = 0.9
+    fill: float = field(default=0.9, metadata={"min": 0.05, "max": 1.0})
     """The long side of the person's box covers this fraction of the canvas."""
-    segmentation: str = "auto"
+    segmentation: str = field(default="auto", metadata={"choices": ("auto", "mediapipe", "none")})
     """Mask source when the photo has no alpha and no --mask: ``auto`` (mediapipe if installed), ``mediapipe`` or ``none``."""
-    min_mask_fraction: float = 0.005
+    min_mask_fraction: float = field(default=0.005, metadata={"min": 0.0, "max": 0.5})
     """A mask covering less of the photo than this means no person was found."""
-    max_pixels: int = 100_000_000
+    max_pixels: int = field(default=100_000_000, metadata={"min": 1})
     """Photos with more pixels are refused (decompression-bomb guard)."""
     depth_normal: bool = True
     """Estimate depth and normal maps with Sapiens (missing weights: see ``priors.sapiens_optional``)."""
@@ -57,13 +57,14 @@ def read_photo(path: Path, max_pixels: int) -> Image.Image:
     return _to_8bit(img, path)
 
 
-def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+def _open_checked(path: Path, max_pixels: int, what: str = "photo") -> Image.Image:
+    """Open and decode ``path`` (``what``: photo or mask, as the errors name it), checked."""
     if not path.exists():
-        raise InputError(f"photo not found: {path}")
+        raise InputError(f"{what} not found: {path}")
     if not path.is_file():
-        raise InputError(f"{path} is not a file; give the path of a photo (PNG, JPEG, ...)")
+        raise InputError(f"{path} is not a file; give the path of a {what} image (PNG, JPEG, ...)")
     if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes); give a real photo")
+        raise InputError(f"{path} is empty (0 bytes); give a real {what} image")
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -90,8 +91,11 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
 def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else max(arr.max(), 1e-8)
-        if img.mode == "F":
+        if img.mode.startswith("I;16"):  # 16-bit: full scale is 65535, however dark the photo
+            top = 65535.0
+        elif img.mode == "I":  # 32-bit integers: 16-bit data when above 255, else 8-bit data
+            top = 65535.0 if arr.max() > 255 else 255.0
+        else:  # float: no fixed scale, stretched to its own range
             arr = arr - arr.min()
             top = max(arr.max(), 1e-8)
         return Image.fromarray((np.clip(arr / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
@@ -106,7 +110,7 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
 
 def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     """Read a mask file (white = person) at the photo's ``size`` (W, H) as float32 in [0, 1]."""
-    img = _open_checked(path, max_pixels)
+    img = _open_checked(path, max_pixels, "mask")
     img = ImageOps.exif_transpose(img)
     if img.size != size:
         raise InputError(f"mask {path} is {img.size[0]}x{img.size[1]} but the photo is {size[0]}x{size[1]}; "

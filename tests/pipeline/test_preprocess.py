@@ -68,6 +68,52 @@ def test_empty_mask_is_no_person(tmp_path, capsys):
     assert "no person found" in cli_fails(tmp_path, capsys, p)
 
 
+def test_tiny_mask_is_no_person(tmp_path, capsys):
+    p = tmp_path / "speck.png"
+    arr = np.zeros((100, 100, 4), np.uint8)
+    arr[50:52, 50:52] = (200, 100, 50, 255)  # 4 of 10,000 pixels: under the 0.5% default
+    Image.fromarray(arr, "RGBA").save(p)
+    err = cli_fails(tmp_path, capsys, p)
+    assert "no person found" in err and "0.04%" in err and "speck.png" in err
+
+
+def test_zero_width_image_is_refused(tmp_path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    p = tmp_path / "zero.png"  # a well-formed PNG header that says 0 x 10 pixels
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 10, 8, 2, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    assert "zero.png" in cli_fails(tmp_path, capsys, p)
+
+
+def test_missing_mask_file_is_named_as_the_mask(tmp_path, capsys):
+    p = tmp_path / "person.png"
+    person_rgba().save(p)
+    err = cli_fails(tmp_path, capsys, p, "--mask", str(tmp_path / "nomask.png"))
+    assert "mask not found" in err and "nomask.png" in err
+
+
+def test_mask_that_is_not_an_image(tmp_path, capsys):
+    p, m = tmp_path / "person.png", tmp_path / "mask.png"
+    person_rgba().save(p)
+    m.write_text("not a mask")
+    err = cli_fails(tmp_path, capsys, p, "--mask", str(m))
+    assert "mask.png is not an image" in err
+
+
+def test_no_backend_installed_names_the_options(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)  # import fails as if not installed
+    p = tmp_path / "rgb.png"
+    person_rgba().convert("RGB").save(p)
+    err = cli_fails(tmp_path, capsys, p, "--set", "preprocess.segmentation=auto")
+    assert "no segmentation backend is installed" in err and "--mask" in err and "segment" in err
+
+
 def test_no_alpha_no_mask_no_backend(tmp_path, capsys):
     p = tmp_path / "rgb.png"
     person_rgba().convert("RGB").save(p)
@@ -89,6 +135,34 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     img = preprocess.read_photo(p, 10**8)
     assert img.mode == "RGB"
     assert abs(int(np.asarray(img)[0, 0, 0]) - 128) <= 1
+
+
+def test_dark_sixteen_bit_grey_stays_dark(tmp_path):
+    p = tmp_path / "dark16.png"
+    arr = np.full((32, 32), 100, np.uint16)
+    arr[:, 16:] = 200
+    Image.fromarray(arr).save(p)
+    assert Image.open(p).mode.startswith("I")
+    img = np.asarray(preprocess.read_photo(p, 10**8))
+    assert img.max() <= 1  # 100 and 200 of 65535, not stretched to the 8-bit range
+
+
+def test_sixteen_bit_rgb_keeps_its_colours(tmp_path):
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (a scikit-image dependency) writes 16-bit RGB")
+    arr = np.zeros((16, 16, 3), np.uint16)
+    arr[..., 0], arr[..., 1] = 65535, 32768
+    tifffile.imwrite(tmp_path / "rgb16.tif", arr)
+    img = preprocess.read_photo(tmp_path / "rgb16.tif", 10**8)
+    assert img.mode == "RGB" and tuple(np.asarray(img)[5, 5]) == (255, 128, 0)
+
+
+def test_palette_without_transparency_is_rgb(tmp_path):
+    p = tmp_path / "pal.png"
+    person_rgba().convert("RGB").quantize(colors=4).save(p)
+    assert Image.open(p).mode == "P" and "transparency" not in Image.open(p).info
+    img = preprocess.read_photo(p, 10**8)
+    assert img.mode == "RGB"
+    assert tuple(np.asarray(img)[60, 40]) == tuple(np.asarray(person_rgba().convert("RGB"))[60, 40])
 
 
 def test_cmyk_becomes_rgb(tmp_path):
