@@ -180,7 +180,7 @@ class Runner:
 
     def _finish(self, rec, step: int) -> None:
         rec.state, rec.step, rec.finished = "done", step, now()
-        rec.elapsed_s += time.monotonic() - self._t0
+        self._tick(rec)
         self.store.save()
 
     def _stage(self, spec: StageSpec, index: int, inputs: Inputs, previous: Any, h: str) -> Any:
@@ -220,16 +220,23 @@ class Runner:
         names = stage_names(self.stages)
         return ", ".join(names[: names.index(spec.name)])
 
+    def _tick(self, rec) -> None:
+        """Add the time since the last tick to the stage's ``elapsed_s``."""
+        t = time.monotonic()
+        rec.elapsed_s += t - self._t0
+        self._t0 = t
+
     def _on_step(self, rec, step: int, saved: bool) -> None:
         rec.step = step
-        t = time.monotonic()
+        self._tick(rec)
+        t = self._t0
         if saved or t - self._last_write > 5.0:
             self._last_write = t
             self.store.save()
 
     def _stage_error(self, rec, name: str, folder: Path, e: BaseException) -> None:
         """Record an exception in run.json (and error.log) unless it is a clean stop."""
-        rec.elapsed_s += time.monotonic() - self._t0
+        self._tick(rec)
         if isinstance(e, Interrupted):
             rec.state = "interrupted"
             self._set_status("interrupted", str(e))

@@ -58,6 +58,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight, seed):
     proc.wait()
     m = manifest(out)
     assert m["status"] == "running", "killed before the end"
+    running = [rec for rec in m["stages"].values() if rec["state"] == "running"]
+    assert running and running[0]["elapsed_s"] >= 0.1 * running[0]["step"] > 0, f"time so far not recorded: {running}"
     r = drive("resume", out)
     assert r.returncode == 0, r.stderr
     assert result_bytes(out) == expected
