@@ -245,3 +245,18 @@ def test_a_job_noted_a_signal_while_starting_runs_no_image(tmp_path, monkeypatch
 def test_jobs_start_through_batch_boot(tmp_path):
     ex = make_executor(tmp_path, BatchOptions(executor="local"))
     assert ex.python == f"{shlex.quote(sys.executable)} -u -m pipeline.batch_boot"
+
+
+def test_slurm_job_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """Every BatchOptions field lands in the script submitit writes (rendered, not submitted)."""
+    monkeypatch.setattr("pipeline.batch.shutil.which", lambda name: f"/usr/bin/{name}")  # no sbatch needed
+    options = BatchOptions(executor="slurm", partition="gpu", gpus_per_job=2, time="1-02:00:00", mem="32G",
+                           cpus_per_job=8, max_parallel=3)
+    ex = make_executor(tmp_path, options)
+    ex.parameters["map_count"] = 5  # what submitit sets for an array of 5 jobs
+    text = ex._make_submission_file_text("true", "uid")
+    for flag in ("--partition=gpu", "--gpus-per-node=2", "--time=1560", "--mem=32G", "--cpus-per-task=8",
+                 "--array=0-4%3", "--signal=USR2@120", "--requeue"):
+        assert f"#SBATCH {flag}\n" in text, flag
+    assert "--gpus-per-node" not in make_executor(tmp_path, BatchOptions(executor="slurm"))._make_submission_file_text(
+        "true", "uid")

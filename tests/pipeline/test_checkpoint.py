@@ -27,21 +27,28 @@ def draws():
 def test_round_trip_restores_objects_and_every_rng(tmp_path):
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
+    sched.step()
+    sched.step()
     gen = torch.Generator().manual_seed(7)
     torch.rand(2, generator=gen)
-    save_checkpoint(tmp_path / "step_00000005.pt", 5, {"model": model, "optim": opt, "gen": gen})
+    save_checkpoint(tmp_path / "step_00000005.pt", 5, {"model": model, "optim": opt, "sched": sched, "gen": gen})
     expected = draws(), torch.rand(2, generator=gen).tolist()
     w = model.weight.detach().clone()
     exp_avg = opt.state_dict()["state"][0]["exp_avg"].clone()
 
     model2 = torch.nn.Linear(4, 2)
     opt2 = torch.optim.Adam(model2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.ExponentialLR(opt2, gamma=0.5)
     gen2 = torch.Generator().manual_seed(99)
     random.random(), np.random.rand(), torch.rand(5)  # move the global RNGs on
-    step = make_ckpt(tmp_path).resume({"model": model2, "optim": opt2, "gen": gen2})
+    step = make_ckpt(tmp_path).resume({"model": model2, "optim": opt2, "sched": sched2, "gen": gen2})
     assert step == 5
+    assert sched2.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(0.025)
+    sched.step(), sched2.step()
+    assert sched2.get_last_lr() == sched.get_last_lr()
     assert torch.equal(model2.weight, w)
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], exp_avg)
     assert (draws(), torch.rand(2, generator=gen2).tolist()) == expected

@@ -1,0 +1,41 @@
+"""CLI flags that change what is printed (--debug, --quiet) and `geneman export` of a finished run."""
+import pytest
+
+from pipeline import session
+from pipeline.cli import main, setup_logging
+from pipeline.export import export_run
+from tests.doubles import double_stages, small_config
+
+
+def test_debug_adds_the_traceback_to_the_one_line_error(tmp_path, capsys):
+    args = ["run", str(tmp_path / "nope.png"), "-o", str(tmp_path / "out"), "--preset", "cpu"]
+    assert main(args) == 2
+    plain = capsys.readouterr().err
+    assert main([*args, "--debug"]) == 2
+    debug = capsys.readouterr().err
+    assert "Traceback" not in plain and plain.strip() == "geneman: error: photo not found: " + str(tmp_path / "nope.png")
+    assert "Traceback" in debug and "InputError: photo not found" in debug
+    assert debug.rstrip().endswith(plain.strip())
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_drops_progress_and_info_lines(tmp_path, photo, capsys, quiet):
+    """What `geneman run --quiet` sets up (log level, quiet progress), here around test-double stages."""
+    restore = setup_logging(False, quiet)
+    try:
+        session.start(photo, tmp_path / "out", small_config(), stages=double_stages(), priors=None, depth_normal=None,
+                      quiet=quiet)
+    finally:
+        restore()
+    err = capsys.readouterr().err
+    assert ("geometry_init step 12/12 (100.0%)" in err) is not quiet
+    assert (" INFO " in err) is not quiet
+
+
+def test_export_rewrites_final_from_the_last_result(tmp_path, photo):
+    out = tmp_path / "out"
+    session.start(photo, out, small_config(), stages=double_stages(), priors=None, depth_normal=None, quiet=True)
+    first = (out / "final" / "weights.txt").read_text()
+    (out / "final" / "weights.txt").unlink()
+    paths = export_run(out, ["glb"], stages=double_stages())
+    assert paths == [out / "final" / "weights.txt"] and paths[0].read_text() == first
