@@ -41,7 +41,15 @@ class Topology:
 
 
 def build_topology(tri: Tensor) -> Topology:
-    """Edge adjacency of ``tri`` (F, 3); compute once per mesh and pass to :func:`antialias`."""
+    """Edge adjacency of ``tri`` (F, 3); compute once per mesh and pass to :func:`antialias`.
+
+    Example:
+        >>> quad = build_topology(torch.tensor([[0, 1, 2], [0, 2, 3]]))  # two triangles sharing edge 0-2
+        >>> quad.edge_faces.tolist(), quad.closed  # four boundary edges (-1) and the shared one
+        ([[0, -1], [0, 1], [1, -1], [0, -1], [1, -1]], False)
+        >>> build_topology(torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])).closed  # a tetrahedron
+        True
+    """
     tri = tri.long()
     n = tri.shape[0]
     corners = torch.stack([tri.roll(-1, 1), tri.roll(-2, 1)], dim=-1).reshape(-1, 2)  # (3F, 2)
@@ -86,6 +94,18 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
 
     Returns:
         (B, H, W, C) antialiased image.
+
+    Example:
+        A triangle whose right edge is vertical at NDC x = 0.125, i.e. a quarter into pixel 2 of a
+        1 x 4 image: the rasterised mask is a hard step, the antialiased one covers that quarter.
+
+        >>> from stages.render.rasterize import rasterize
+        >>> pos = torch.tensor([[[-3.0, -3, 0, 1], [0.125, -3, 0, 1], [0.125, 3, 0, 1]]])
+        >>> tri = torch.tensor([[0, 1, 2]])
+        >>> rast = rasterize(pos, tri, (1, 4))
+        >>> mask = (rast[..., 3:] > 0).float()
+        >>> mask.flatten().tolist(), antialias(mask, rast, pos, tri).flatten().tolist()
+        ([1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.25, 0.0])
     """
     assert color.shape[:3] == rast.shape[:3], (color.shape, rast.shape)
     if pos.dim() == 2:

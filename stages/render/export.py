@@ -18,6 +18,12 @@ def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> tr
         faces: (F, 3) triangles.
         uvs: (V, 2) per-vertex texture coordinates (``v`` up).
         texture: (H, W, 3) or (H, W, 4) colours in [0, 1], row 0 at ``v = 1``.
+
+    Example:
+        >>> tri = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+        >>> mesh = to_trimesh(*tri, torch.tensor([[0.0, 0], [1, 0], [0, 1]]), torch.full((4, 4, 3), 0.5))
+        >>> mesh.faces.tolist(), mesh.visual.uv.tolist(), mesh.visual.material.image.size
+        ([[0, 1, 2]], [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], (4, 4))
     """
     img = (texture.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     image = Image.fromarray(img)
@@ -27,7 +33,17 @@ def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> tr
 
 
 def export_glb(path: str | Path, verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> Path:
-    """Write a binary glTF with the texture embedded; returns the path."""
+    """Write a binary glTF with the texture embedded; returns the path.
+
+    Example:
+        >>> import tempfile
+        >>> verts, faces = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+        >>> uvs, texture = torch.tensor([[0.0, 0], [1, 0], [0, 1]]), torch.full((4, 4, 3), 0.5)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = export_glb(Path(d) / "avatar.glb", verts, faces, uvs, texture)
+        ...     print(sorted(p.name for p in path.parent.iterdir()), path.stat().st_size > 0)
+        ['avatar.glb'] True
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     to_trimesh(verts, faces, uvs, texture).export(path, file_type="glb")
@@ -35,7 +51,17 @@ def export_glb(path: str | Path, verts: Tensor, faces: Tensor, uvs: Tensor, text
 
 
 def export_obj(path: str | Path, verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> Path:
-    """Write ``name.obj`` with ``material.mtl`` and ``material_0.png`` beside it; returns the OBJ path."""
+    """Write ``name.obj`` with ``material.mtl`` and ``material_0.png`` beside it; returns the OBJ path.
+
+    Example:
+        >>> import tempfile
+        >>> verts, faces = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+        >>> uvs, texture = torch.tensor([[0.0, 0], [1, 0], [0, 1]]), torch.full((4, 4, 3), 0.5)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = export_obj(Path(d) / "final" / "avatar.obj", verts, faces, uvs, texture)
+        ...     print(sorted(p.name for p in path.parent.iterdir()))
+        ['avatar.obj', 'material.mtl', 'material_0.png']
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     to_trimesh(verts, faces, uvs, texture).export(path, file_type="obj", include_texture=True)
@@ -47,6 +73,17 @@ def load_textured(path: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     Returns:
         verts (V, 3), faces (F, 3), uvs (V, 2) and texture (H, W, C) in [0, 1].
+
+    Example:
+        >>> import tempfile
+        >>> verts, faces = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
+        >>> uvs, texture = torch.tensor([[0.0, 0], [1, 0], [0, 1]]), torch.full((4, 4, 3), 0.5)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     v, f, uv, tex = load_textured(export_glb(Path(d) / "a.glb", verts, faces, uvs, texture))
+        >>> v.tolist() == verts.tolist(), f.tolist(), uv.tolist() == uvs.tolist()
+        (True, [[0, 1, 2]], True)
+        >>> tex.shape, round(tex[0, 0, 0].item() * 255)  # 8-bit colours: 0.5 is stored as 128
+        (torch.Size([4, 4, 3]), 128)
     """
     mesh = trimesh.load(Path(path), force="mesh", process=False)
     visual = mesh.visual
