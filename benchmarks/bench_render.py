@@ -12,12 +12,13 @@ with it) for:
 - volume rendering a 256x256 image of the stage-1 initial field (peer: the same without the occupancy grid);
 - marching tetrahedra at grid 128 (peers: marching tets over all 6 x 128^3 tets, and scikit-image
   marching cubes on the same 129^3 samples).
-The peers need ``embreex`` (``pip install embreex``); without it the ray-casting peer is reported as
-missing.
+The ray-casting peer needs ``embreex``, which ``make`` does not install: run
+``.venv/bin/pip install -e '.[bench]'`` first. Without it that row says so and names the command.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -37,6 +38,8 @@ from stages.render.marching_cubes import marching_cubes  # noqa: E402
 from stages.render.occupancy import OccupancyGrid  # noqa: E402
 from stages.render.rasterize import rasterize, transform_to_clip  # noqa: E402
 from stages.render.volume import render_image  # noqa: E402
+
+EMBREEX_MISSING = "embreex not installed: run `.venv/bin/pip install -e '.[bench]'` for this peer"
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -65,7 +68,7 @@ def bench_raster(subdivisions: int, repeats: int) -> list[tuple[str, str, str]]:
     try:
         from trimesh.ray.ray_pyembree import RayMeshIntersector
     except ImportError:
-        return rows + [(label, "trimesh + embreex ray casting", "embreex not installed")]
+        return rows + [(label, "trimesh + embreex ray casting", EMBREEX_MISSING)]
     o, d = cam.rays(512, 512)
     o, d = o.reshape(-1, 3).double().numpy(), d.reshape(-1, 3).double().numpy()
     t = time.perf_counter()
@@ -168,6 +171,8 @@ def main() -> None:
     torch.set_num_threads(2)
     repeats = 1 if args.quick else args.repeats
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    if importlib.util.find_spec("embreex") is None:
+        print(f"warning: {EMBREEX_MISSING}", file=sys.stderr, flush=True)
     print("| benchmark | implementation | best time |")
     print("|---|---|---|", flush=True)
     raster = [lambda: bench_raster(6, repeats)] + ([] if args.quick else [lambda: bench_raster(7, repeats)])
