@@ -46,7 +46,9 @@ class Config:
     lambda_sds_depth: Ramp = ramp_field(1.0)
     """Weight of the depth-adapted SDS loss."""
     lambda_normal: Ramp = ramp_field(3000.0)
-    """Weight of the reference normal loss (1 - cosine against the Sapiens normal)."""
+    """Weight of the reference normal loss (1 - cosine against the Sapiens normal; the release's form)."""
+    lambda_normal_mse: Ramp = ramp_field(0.0)
+    """Weight of the reference normal MSE against the Sapiens normal (the paper's form)."""
     lambda_normal_lpips: Ramp = ramp_field(100.0)
     """Weight of the perceptual (LPIPS) loss on reference normal maps."""
     lambda_mask: Ramp = ramp_field(1.0)

@@ -46,7 +46,9 @@ class Config:
     lambda_sds_3d: Ramp = ramp_field(0.3)
     """Weight of the 3D-prior SDS loss."""
     lambda_rgb: Ramp = ramp_field(1000.0)
-    """Weight of the reference RGB L1 loss inside the eroded mask."""
+    """Weight of the reference RGB L1 loss inside the eroded mask (the release's form)."""
+    lambda_rgb_mse: Ramp = ramp_field(0.0)
+    """Weight of the reference RGB MSE inside the eroded mask (the paper's form)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         name="adamw", lr=0.01, lr_other=0.001, eps=1e-15))
     """Optimiser (``lr``: texture encoding, ``lr_other``: MLP and background)."""

@@ -54,6 +54,11 @@ def test_paper_preset_differs_where_the_paper_does():
     assert paper.geometry_init.resolutions == [256, 384] and paper.geometry_init.depth_loss == "pearson"
     assert (paper.texture_coarse.steps, paper.texture_refine.steps) == (10000, 1000)
     assert paper.texture_coarse.multiview_tiles > 1 and release.texture_coarse.multiview_tiles == 1
+    # reference losses: the paper's MSE forms in place of the release's 1 - cosine (normals) and L1 (RGB)
+    assert (paper.geometry_sculpt.lambda_normal.start, paper.geometry_sculpt.lambda_normal_mse.start) == (0.0, 4500.0)
+    assert (release.geometry_sculpt.lambda_normal.start, release.geometry_sculpt.lambda_normal_mse.start) == (3000.0, 0)
+    assert (paper.texture_coarse.lambda_rgb.start, paper.texture_coarse.lambda_rgb_mse.start) == (0.0, 1000.0)
+    assert (release.texture_coarse.lambda_rgb.start, release.texture_coarse.lambda_rgb_mse.start) == (1000.0, 0.0)
 
 
 def test_set_overrides_and_scalar_for_a_schedule():
