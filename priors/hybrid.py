@@ -27,7 +27,8 @@ class Term:
     t_range: tuple[float, float]
     """(min, max) timestep fractions at this step."""
     encode_size: int | None = None
-    """Renders are resized to this side before VAE encoding; None encodes at render size."""
+    """Renders are resized to this side before VAE encoding; None: the prior's native size (2D prior:
+    the render's own size; 3D prior: the side its UNet was trained at, 256 for Zero-1-to-3)."""
 
 
 @dataclass

@@ -95,6 +95,8 @@ class Zero123SDS:
     def __init__(self, parts: Zero123Parts, weighting: str = "sds", cond_size: int = 256):
         self.parts, self.weighting, self.cond_size = parts, weighting, cond_size
         self.num_train_timesteps = parts.scheduler.config.num_train_timesteps
+        # image side the UNet was trained at (latent side x VAE downsampling): 256 for Zero-1-to-3
+        self.native_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.c_crossattn: torch.Tensor | None = None
         self.c_concat: torch.Tensor | None = None
         self.ref = (0.0, 0.0, 3.0)
@@ -128,10 +130,15 @@ class Zero123SDS:
         self.c_concat = p.vae.encode(img.to(p.vae.dtype)).latent_dist.mode().float()
         self.ref = (float(elevation), float(azimuth), float(distance))
 
-    def encode_images(self, images: torch.Tensor, size: int | None = 256,
+    def encode_images(self, images: torch.Tensor, size: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable."""
-        if size is not None and tuple(images.shape[-2:]) != (size, size):
+        """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable.
+
+        Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`native_size` (256 for
+        Zero-1-to-3), whatever the render size.
+        """
+        size = self.native_size if size is None else size
+        if tuple(images.shape[-2:]) != (size, size):
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
         vae = self.parts.vae
         z = vae.encode((images * 2.0 - 1.0).to(vae.dtype)).latent_dist.sample(generator)
@@ -156,10 +163,13 @@ class Zero123SDS:
         return sds.classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
 
     def __call__(self, images: torch.Tensor, elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
-                 t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 256,
+                 t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = None,
                  noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> sds.SDSOutput:
-        """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each)."""
+        """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each).
+
+        ``encode_size`` None encodes at :attr:`native_size` (see :meth:`encode_images`).
+        """
         latents = self.encode_images(images, encode_size, generator)
         if t is None:
             t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
