@@ -26,14 +26,15 @@ class ControlNetSDEdit:
         unet: the denoiser (GeneMAN 2D UNet in the release).
         controlnet: normal-conditioned ControlNet.
         text: prompt encoder of the base pipeline.
-        scheduler: DDIM scheduler (copied; this class sets its timesteps).
+        scheduler: DDIM scheduler (copied with ``clip_sample=False``, as SD 1.5's config sets it: a
+            config without the key would otherwise clip x_0 to [-1, 1]; this class sets its timesteps).
         cfg_variant: classifier-free guidance form.
     """
 
     def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, controlnet: ControlNetModel,
                  text: PromptEncoder, scheduler: DDIMScheduler, cfg_variant: str = "standard"):
         self.vae, self.unet, self.controlnet, self.text = vae, unet, controlnet, text
-        self.scheduler = DDIMScheduler.from_config(copy.deepcopy(scheduler.config))
+        self.scheduler = DDIMScheduler.from_config(copy.deepcopy(scheduler.config), clip_sample=False)
         self.cfg_variant = cfg_variant
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
 
