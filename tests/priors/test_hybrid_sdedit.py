@@ -129,3 +129,43 @@ def test_sdedit_control_image_steers_and_scale_zero_ignores_it(sdedit):
     a, b = run(torch.zeros(1, 3, 32, 32), 1.0), run(torch.ones(1, 3, 32, 32), 1.0)
     assert not torch.allclose(a, b)
     torch.testing.assert_close(run(torch.zeros(1, 3, 32, 32), 0.0), run(torch.ones(1, 3, 32, 32), 0.0))
+
+
+def test_multiview_trick_noises_every_tile_of_a_group_with_the_same_sample(prior_3d):
+    prior = _sd()
+    prior.sample_posterior = False  # deterministic latents, to rebuild what the UNet sees
+    seen = []
+    hook = prior.unet.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    images = torch.rand(8, 3, 16, 16)
+    try:
+        out = HybridSDS(prior, prior_3d)(images, prior.embed("a person"), *(torch.zeros(8),) * 3,
+                                         Term(1.0, 7.5, (0.3, 0.6)), Term(0.0, 5.0, (0.5, 0.5)), multiview_tiles=4,
+                                         generator=torch.Generator().manual_seed(0)).terms["sds"]
+    finally:
+        hook.remove()
+    noise = untile_views(out.noise, 4)  # [8, 4, 8, 8]: two groups of four views
+    for k in range(1, 4):
+        torch.testing.assert_close(noise[k], noise[0])
+        torch.testing.assert_close(noise[4 + k], noise[4])
+    assert not torch.allclose(noise[0], noise[4])
+    with torch.no_grad():
+        latents = prior.encode_images(tile_views(images, 4), size=None)
+    noisy = prior.scheduler.add_noise(latents, out.noise, out.t)
+    torch.testing.assert_close(seen[0][:2], noisy)  # the cond half of the [cond; uncond] batch
+    torch.testing.assert_close(seen[0][2:], noisy)
+
+
+def test_encode_size_none_is_each_priors_native_size(prior_2d, prior_3d):
+    sizes = {"2d": [], "3d": []}
+    hooks = [prior_2d.vae.encoder.register_forward_hook(lambda m, i, o: sizes["2d"].append(tuple(i[0].shape))),
+             prior_3d.parts.vae.encoder.register_forward_hook(lambda m, i, o: sizes["3d"].append(tuple(i[0].shape)))]
+    images = torch.rand(2, 3, 64, 64)
+    try:
+        HybridSDS(prior_2d, prior_3d)(images, prior_2d.embed("a person"), *(torch.zeros(2),) * 3,
+                                      Term(1.0, 7.5, (0.5, 0.5)), Term(1.0, 5.0, (0.5, 0.5)))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert prior_3d.native_size == 32  # tiny: latent 16 x VAE downsampling 2 (real Zero-1-to-3: 32 x 8)
+    assert sizes["2d"] == [(2, 3, 64, 64)]  # 2D prior: the render's own size
+    assert sizes["3d"] == [(2, 3, 32, 32)]  # 3D prior: native (its latent must match the reference's)

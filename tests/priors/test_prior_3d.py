@@ -123,3 +123,40 @@ def test_real_size_zero123_checkpoint_converts_on_the_meta_device():
         assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     assert parts.image_encoder.config.num_attention_heads == 16 and parts.image_encoder.config.image_size == 224
     assert parts.unet.config.sample_size == 32 and parts.cc_projection.in_features == 772
+    assert Zero123SDS(parts).native_size == 256  # renders are encoded at 256 whatever the render size
+
+
+def test_sds_gradient_matches_zero123_conditioning_written_out(parts):
+    """Known answer: two explicit UNet calls as Zero-1-to-3 / the release make them.
+
+    cond: context cc_projection([CLIP(ref), T]) and the unscaled VAE latent (mode) of the reference
+    on the extra 4 input channels; uncond: zero context and zero concat latent; standard CFG.
+    """
+    prior = Zero123SDS(parts, cond_size=32)
+    torch.manual_seed(2)
+    ref = torch.rand(1, 3, 32, 32)  # at cond_size and CLIP size: no resize on the reference
+    prior.set_reference(ref, 0.0, 0.0, 3.0)
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    t, noise = torch.tensor([300, 700]), torch.randn(2, 4, 16, 16)
+    elev, azim, dist = torch.tensor([10.0, -20.0]), torch.tensor([30.0, 200.0]), torch.tensor([3.5, 3.0])
+    out = prior(images, elev, azim, dist, (0.02, 0.98), 4.0, noise=noise, t=t,
+                generator=torch.Generator().manual_seed(7))
+
+    p = parts
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ((0.48145466, 0.4578275, 0.40821073),
+                                                               (0.26862954, 0.26130258, 0.27577711)))
+    with torch.no_grad():
+        clip = p.image_encoder(pixel_values=(ref - mean) / std).image_embeds[:, None]  # [1, 1, D]
+        concat = p.vae.encode(ref * 2 - 1).latent_dist.mode().expand(2, -1, -1, -1)  # unscaled
+        d_azim = torch.deg2rad(azim)
+        cam = torch.stack([torch.deg2rad(-elev), d_azim.sin(), d_azim.cos(), dist - 3.0], -1)[:, None]
+        ctx = p.cc_projection(torch.cat([clip.expand(2, -1, -1), cam], -1))
+        latents = p.vae.encode(images * 2 - 1).latent_dist.sample(torch.Generator().manual_seed(7))
+        latents = latents * p.vae.config.scaling_factor
+        a = p.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * latents + (1 - a).sqrt() * noise
+        e_c = p.unet(torch.cat([z_t, concat], 1), t, encoder_hidden_states=ctx).sample
+        zero = torch.zeros_like
+        e_u = p.unet(torch.cat([z_t, zero(concat)], 1), t, encoder_hidden_states=zero(ctx)).sample
+    grad = (1 - a) * (e_u + 4.0 * (e_c - e_u) - noise)
+    torch.testing.assert_close(out.grad, grad, rtol=1e-4, atol=1e-5)
