@@ -34,10 +34,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
     for name in stages:
         check_stage_name(name, DEFAULT_STAGES)
     if args.action == "pull":
-        for line in weights.pull(cfg.priors, stages):
+        for line in weights.pull(cfg.priors, stages, cfg):
             print(line)
         args.action = "check"
-    rows = weights.check(cfg.priors, stages)
+    rows = weights.check(cfg.priors, stages, cfg)
     print(weights.format_report(rows))
     return 0 if all(r.found or r.optional for r in rows) else 2
 

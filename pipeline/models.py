@@ -42,7 +42,7 @@ def needed_by(cfg: RunConfig, stages: Sequence[Any]) -> list[str]:
 def check_weights(priors: PriorSet, cfg: RunConfig, stages: Sequence[Any]) -> None:
     """Stop before anything runs when a weight that will be needed is missing."""
     try:
-        priors.check(needed_by(cfg, stages))
+        priors.check(needed_by(cfg, stages), cfg)
     except MissingWeightError as e:
         raise MissingWeights(f"{e}\nsee `geneman weights check` (weights folder: --weights DIR "
                              "or priors.weights_dir; default: the Hugging Face cache)") from None

@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from priors.weights import peak
+
 _SD_BLOCKS = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
                   attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
 SD15_UNET = dict(_SD_BLOCKS, up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
@@ -118,9 +120,9 @@ def profile_geometry_init(s) -> Row:
     """Stage 1: hybrid SDS on novel views (2D encoded at 512, 3D at 256), NeRF volume rendering."""
     n = guided_steps(s.steps, s.n_ref)
     out: dict[str, float] = {}
-    if _weight(s.lambda_sds):
+    if peak(s.lambda_sds):
         _add(out, _sds_2d(512), n)
-    if _weight(s.lambda_sds_3d):
+    if peak(s.lambda_sds_3d):
         _add(out, _sds_3d(), n)
     bounds = [0, *s.resolution_milestones, s.steps]
     pixels = sum((min(b1, s.steps) - b0) * r * r for b0, b1, r in zip(bounds, bounds[1:], s.resolutions))
@@ -133,7 +135,7 @@ def profile_geometry_sculpt(s) -> Row:
     n = guided_steps(s.steps, s.n_ref)
     out: dict[str, float] = {}
     for lam in (s.lambda_sds_normal, s.lambda_sds_depth):
-        if _weight(lam):
+        if peak(lam):
             _add(out, _sds_2d(512), n)
     out["rendering"] = 3.0 * s.steps * s.resolution ** 2 * field_flops(outputs=1)
     return Row("geometry_sculpt", f"{n} x 2 adapted SDS steps", out)
@@ -145,9 +147,9 @@ def profile_texture_coarse(s) -> Row:
     n, k = guided_steps(s.steps, s.n_ref), max(1, s.multiview_tiles)
     encode = s.encode_resolution or s.resolution
     out: dict[str, float] = {}
-    if _weight(s.lambda_sds):
+    if peak(s.lambda_sds):
         _add(out, _sds_2d(encode), n)
-    if _weight(s.lambda_sds_3d):
+    if peak(s.lambda_sds_3d):
         _add(out, _sds_3d(k), n)
     out["rendering"] = 3.0 * (n * k + s.steps - n) * s.resolution ** 2 * field_flops(outputs=3)
     return Row("texture_coarse", f"{n} hybrid SDS steps x {k} view(s)", out)
@@ -158,7 +160,7 @@ def profile_texture_refine(s) -> Row:
     encoding at 512, int(40 x strength) DDIM steps of ControlNet + UNet under CFG, one decode."""
     n = guided_steps(s.steps, s.n_ref)
     edits = min(n, s.n_views + s.steps // s.edit_every)
-    strength = _weight(s.guidance.max_t)
+    strength = peak(s.guidance.max_t)
     ddim = int((1000 // s.ddim_stride) * strength)
     per_edit = {"vae": vae_flops(512) + vae_flops(512, encode=False), "unet": ddim * unet_flops(64),
                 "controlnet": ddim * controlnet_flops(64)}
@@ -166,11 +168,6 @@ def profile_texture_refine(s) -> Row:
     _add(out, per_edit, edits)
     out["rendering"] = 3.0 * s.steps * s.resolution ** 2 * field_flops(outputs=3)
     return Row("texture_refine", f"{edits} edits x {ddim} DDIM steps", out)
-
-
-def _weight(value) -> float:
-    """Largest value a constant or a ramp (``start`` / ``end``) takes."""
-    return float(max(value.start, value.end)) if hasattr(value, "start") else float(value)
 
 
 def profile_avatar(run_cfg) -> list[Row]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -30,9 +31,10 @@ class PriorSet:
     def __init__(self, cfg: Config, device: torch.device | str = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
 
-    def check(self, stages: list[str] | tuple[str, ...] = STAGES) -> None:
-        """Raise :class:`priors.weights.MissingWeightError` listing every weight the stages lack."""
-        ensure_available(self.cfg, stages)
+    def check(self, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any = None) -> None:
+        """Raise :class:`priors.weights.MissingWeightError` listing every weight the stages lack
+        (with ``run_cfg``: less those of losses weighted 0 throughout)."""
+        ensure_available(self.cfg, stages, run_cfg)
 
     @cached_property
     def prior_2d(self) -> StableDiffusionSDS:

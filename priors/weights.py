@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from priors.config import Config
 
@@ -109,19 +110,49 @@ STAGE_WEIGHTS = {
 }
 """Weights each stage loads (keys of :func:`all_weights`)."""
 
+LOSS_GATES = {
+    "geometry_init": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
+    "geometry_sculpt": {"normal_adapted": ("lambda_sds_normal",), "depth_adapted": ("lambda_sds_depth",)},
+    "texture_coarse": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
+}
+"""Weights a stage loads only for a loss: not needed when each loss weight named is 0 all along."""
 
-def required_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[WeightSpec]:
+
+def peak(value: Any) -> float:
+    """Largest value a constant or a schedule (anything with ``start`` / ``end``) takes."""
+    return float(max(value.start, value.end)) if hasattr(value, "start") else float(value)
+
+
+def stage_weight_keys(stage: str, run_cfg: Any = None) -> list[str]:
+    """Keys of the weights ``stage`` loads; with ``run_cfg`` (the run config, read by attribute:
+    ``run_cfg.<stage>.lambda_...``), less those whose losses all have weight 0 throughout.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> stage_weight_keys("geometry_init", NS(geometry_init=NS(lambda_sds=0.1, lambda_sds_3d=0.0)))
+        ['sd15', 'prior_2d']
+    """
+    if stage not in STAGE_WEIGHTS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    gates = LOSS_GATES.get(stage, {}) if run_cfg is not None else {}
+    stage_cfg = getattr(run_cfg, stage, None)
+    return [k for k in STAGE_WEIGHTS[stage]
+            if k not in gates or any(peak(getattr(stage_cfg, lam)) != 0 for lam in gates[k])]
+
+
+def required_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES,
+                     run_cfg: Any = None) -> list[WeightSpec]:
     """Weights the given stages need, each once, in stage order.
 
     Args:
         cfg: the run's ``cfg.priors``.
         stages: stage names from :data:`STAGES` (default: all of them).
+        run_cfg: the whole run config; when given, a weight used only by losses whose weights are 0
+            throughout (``--set geometry_init.lambda_sds_3d=0``) is not needed (see :data:`LOSS_GATES`).
     """
     specs, keys = all_weights(cfg), []
     for stage in stages:
-        if stage not in STAGE_WEIGHTS:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-        keys += [k for k in STAGE_WEIGHTS[stage] if k not in keys]
+        keys += [k for k in stage_weight_keys(stage, run_cfg) if k not in keys]
     return [specs[k] for k in keys]
 
 
@@ -156,13 +187,14 @@ def check_one(cfg: Config, spec: WeightSpec) -> CheckRow:
     return CheckRow(spec, folder, missing)
 
 
-def check(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[CheckRow]:
+def check(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any = None) -> list[CheckRow]:
     """What ``geneman weights check`` reports: one row per weight the stages need.
 
     The CLI passes ``cfg.priors`` (with ``weights_dir`` set from ``--weights DIR``) and the stage
-    names it will run (default: all five of :data:`STAGES`); print ``format_report(rows)``.
+    names it will run (default: all five of :data:`STAGES`), and the run config so that weights
+    of losses weighted 0 are left out; print ``format_report(rows)``.
     """
-    rows = [check_one(cfg, spec) for spec in required_weights(cfg, stages)]
+    rows = [check_one(cfg, spec) for spec in required_weights(cfg, stages, run_cfg)]
     for row in rows:
         row.optional = cfg.sapiens_optional and row.spec.key.startswith("sapiens")
     return rows
@@ -199,7 +231,7 @@ def resolve(cfg: Config, spec: WeightSpec) -> Path:
     return Path(row.folder)
 
 
-def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> None:
+def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any = None) -> None:
     """Stop before any stage starts when a weight is missing.
 
     ``pipeline.models.check_weights`` calls this (through ``PriorSet.check``) with the stage names
@@ -207,7 +239,7 @@ def ensure_available(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) 
     Sapiens weights do not stop the run when ``cfg.sapiens_optional`` is set: preprocess then
     leaves the depth / normal maps out of ``Inputs`` (the stages are to skip the matching losses).
     """
-    errors = [str(missing_error(r)) for r in check(cfg, stages) if not r.found and not r.optional]
+    errors = [str(missing_error(r)) for r in check(cfg, stages, run_cfg) if not r.found and not r.optional]
     if errors:
         raise MissingWeightError("\n".join(errors))
 
@@ -233,7 +265,7 @@ def files_to_fetch(spec: WeightSpec, repo_files: list[str]) -> list[str]:
     return sorted(chosen)
 
 
-def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
+def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any = None) -> list[str]:
     """Download every missing weight the stages need (``geneman weights pull``), with progress bars.
 
     The CLI passes ``cfg.priors`` and the stage names; files go to ``<weights_dir>/<id>/`` when
@@ -243,7 +275,7 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]
     from huggingface_hub import HfApi, snapshot_download
 
     report = []
-    for row in check(cfg, stages):
+    for row in check(cfg, stages, run_cfg):
         if row.found:
             report.append(f"{row.spec.key}: already present in {row.folder}")
             continue

@@ -75,6 +75,10 @@ def test_weights_check_command(tmp_path, tiny_weights, capsys):
     out = capsys.readouterr().out
     assert "normal_adapted" in out and "MISSING" in out and "prior_3d" not in out
     assert str(tmp_path / "xanderhuang" / "depth-adapted-sd1.5") in out
+    off = ["--set", "geometry_init.lambda_sds_3d=0", "--set", "texture_coarse.lambda_sds_3d=0"]
+    assert main(["weights", "check", "--weights", str(tmp_path), *off]) == 2
+    out = capsys.readouterr().out
+    assert "prior_2d" in out and "prior_3d" not in out and "\n0/8 weights found;" in out
 
 
 def test_profile_command(capsys):

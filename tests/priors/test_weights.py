@@ -30,6 +30,24 @@ def test_required_weights_per_stage():
         required_weights(cfg, ["stage_5"])
 
 
+def test_weights_of_losses_weighted_zero_throughout_are_not_needed():
+    from pipeline.config import load_config
+
+    def keys(sets, stages=("geometry_init", "geometry_sculpt", "texture_coarse")):
+        run = load_config("release", None, sets)
+        return [s.key for s in required_weights(run.priors, stages, run)]
+
+    assert keys([]) == ["sd15", "prior_2d", "prior_3d", "normal_adapted", "depth_adapted"]
+    no_3d = ["geometry_init.lambda_sds_3d=0", "texture_coarse.lambda_sds_3d=0"]
+    assert keys(no_3d) == ["sd15", "prior_2d", "normal_adapted", "depth_adapted"]
+    assert sorted(keys(no_3d[:1])) == sorted(keys([]))  # stage 3 still uses the 3D prior
+    assert keys(["geometry_sculpt.lambda_sds_depth=0"], ("geometry_sculpt",)) == ["normal_adapted"]
+    # a schedule that is 0 at first but not later still needs its weights
+    ramp = "geometry_init.lambda_sds_3d={start: 0, end: 0.3, begin: 100, until: 200}"
+    assert keys([ramp], ("geometry_init",)) == ["sd15", "prior_2d", "prior_3d"]
+    assert keys(["geometry_init.lambda_sds=0", "geometry_init.lambda_sds_3d=0"], ("geometry_init",)) == []
+
+
 def test_missing_weight_error_names_id_file_and_folder(tmp_path):
     cfg = Config(weights_dir=str(tmp_path))
     spec = required_weights(cfg, ["geometry_sculpt"])[0]
