@@ -42,6 +42,9 @@ class Config:
     """Photos with more pixels are refused (decompression-bomb guard)."""
     depth_normal: bool = True
     """Estimate depth and normal maps with Sapiens (missing weights: see ``priors.sapiens_optional``)."""
+    landmarks: bool = True
+    """Find the 33 MediaPipe Pose body landmarks on the recentred photo (for stage 2's part-aware cameras);
+    left out with a warning when mediapipe is not installed or finds no body."""
 
 
 def read_photo(path: Path, max_pixels: int) -> Image.Image:
@@ -161,6 +164,39 @@ def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
     return np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
 
 
+def body_landmarks(rgb: np.ndarray) -> np.ndarray | None:
+    """MediaPipe Pose landmarks of an ``[H, W, 3]`` uint8 image (its bundled full model, offline).
+
+    Returns:
+        ``[33, 3]`` float32 rows ``(x, y, visibility)`` in MediaPipe's landmark order: x and y as
+        fractions of the width and height (x right, y down; may fall outside [0, 1] for parts out
+        of the frame), visibility in [0, 1]; None when no body is found.
+
+    Raises:
+        ImportError: mediapipe is not installed.
+    """
+    from mediapipe.python.solutions import pose
+
+    with native_stderr_silenced(), pose.Pose(static_image_mode=True, model_complexity=1) as model:
+        result = model.process(np.ascontiguousarray(rgb))
+    if result.pose_landmarks is None:
+        return None
+    return np.array([(p.x, p.y, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
+
+
+def _landmarks_or_warn(rgb: np.ndarray, photo: Path) -> torch.Tensor | None:
+    try:
+        found = body_landmarks(rgb)
+    except ImportError:
+        log.warning("no body landmarks for %s: mediapipe is not installed (the 'segment' extra); the stages run "
+                    "without them", photo)
+        return None
+    if found is None:
+        log.warning("no body landmarks for %s: MediaPipe Pose found no body; the stages run without them", photo)
+        return None
+    return torch.from_numpy(found)
+
+
 def person_mask(img: Image.Image, mask_path: Path | None, cfg: Config, photo: Path) -> np.ndarray:
     """The person mask: ``--mask`` file, else the photo's alpha, else a segmentation backend."""
     if mask_path is not None:
@@ -214,7 +250,8 @@ def recentre(rgb: np.ndarray, mask: np.ndarray, canvas: int, fill: float,
 
 def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_prompt: str = "",
         depth_normal: DepthNormalFn | None = None) -> Inputs:
-    """Photo -> :class:`Inputs`: validate, mask, estimate depth/normal on the uncropped photo, recentre.
+    """Photo -> :class:`Inputs`: validate, mask, estimate depth/normal on the uncropped photo, recentre,
+    find body landmarks on the recentred photo.
 
     Args:
         photo: the input photo.
@@ -241,5 +278,6 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_
     normal_t = None
     if normal is not None:
         normal_t = torch.nn.functional.normalize(torch.from_numpy(next(moved_iter)), dim=-1) * inside[..., None]
-    return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t, prompt=prompt,
-                  negative_prompt=negative_prompt)
+    landmarks = _landmarks_or_warn((rgb * 255 + 0.5).astype(np.uint8), photo) if cfg.landmarks else None
+    return Inputs(rgb=torch.from_numpy(rgb), mask=torch.from_numpy(m), depth=depth_t, normal=normal_t,
+                  landmarks=landmarks, prompt=prompt, negative_prompt=negative_prompt)

@@ -1,4 +1,4 @@
-"""What preprocess hands to the stages: the recentred photo, its mask and optional depth/normal."""
+"""What preprocess hands to the stages: the recentred photo, its mask, optional depth/normal and body landmarks."""
 from __future__ import annotations
 
 import json
@@ -20,6 +20,8 @@ class Inputs:
         mask: ``[H, W]`` float32 in [0, 1] (1 = person).
         depth: ``[H, W]`` float32 in [0, 1], min-max normalised inside the mask (1 = near), or None.
         normal: ``[H, W, 3]`` float32 unit camera-space normals inside the mask, or None.
+        landmarks: ``[33, 3]`` float32 MediaPipe Pose landmarks ``(x, y, visibility)``, x and y as
+            fractions of the canvas (x right, y down), or None.
         prompt: text prompt of the 2D prior.
         negative_prompt: negative prompt of the 2D prior.
     """
@@ -28,6 +30,7 @@ class Inputs:
     mask: torch.Tensor
     depth: torch.Tensor | None = None
     normal: torch.Tensor | None = None
+    landmarks: torch.Tensor | None = None
     prompt: str = ""
     negative_prompt: str = ""
 
@@ -36,6 +39,7 @@ class Inputs:
         assert self.rgb.shape == (h, w, 3), f"rgb {tuple(self.rgb.shape)} vs mask {(h, w)}"
         assert self.depth is None or self.depth.shape == (h, w)
         assert self.normal is None or self.normal.shape == (h, w, 3)
+        assert self.landmarks is None or self.landmarks.shape == (33, 3), tuple(self.landmarks.shape)
 
     def save(self, folder: Path) -> None:
         """Write ``inputs.safetensors`` (exact), ``meta.json`` and PNG views for people."""
@@ -45,6 +49,8 @@ class Inputs:
             tensors["depth"] = self.depth
         if self.normal is not None:
             tensors["normal"] = self.normal
+        if self.landmarks is not None:
+            tensors["landmarks"] = self.landmarks
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(folder / "inputs.safetensors"))
         (folder / "meta.json").write_text(json.dumps({"prompt": self.prompt, "negative_prompt": self.negative_prompt}, indent=2))
         rgba = torch.cat([self.rgb, self.mask[..., None]], dim=-1)
@@ -61,7 +67,7 @@ class Inputs:
         t = load_file(str(folder / "inputs.safetensors"))
         meta = json.loads((folder / "meta.json").read_text())
         return cls(rgb=t["rgb"], mask=t["mask"], depth=t.get("depth"), normal=t.get("normal"),
-                   prompt=meta.get("prompt", ""), negative_prompt=meta.get("negative_prompt", ""))
+                   landmarks=t.get("landmarks"), prompt=meta.get("prompt", ""), negative_prompt=meta.get("negative_prompt", ""))
 
 
 def _png(x: torch.Tensor, path: Path) -> None:

@@ -95,9 +95,10 @@ def double_stages() -> tuple[StageSpec, ...]:
 
 
 def small_config(sets: list[str] = ()):
-    """The cpu preset with few steps, checkpoints every step, and no depth/normal warning."""
+    """The cpu preset with few steps, checkpoints every step, and no depth/normal or landmark warning."""
     from pipeline.config import load_config
 
     base = ["geometry_init.steps=12", "geometry_sculpt.steps=6", "texture_coarse.steps=6", "texture_refine.steps=6",
-            "checkpoint.every_n_steps=1", "checkpoint.keep_last=2", "preprocess.depth_normal=false"]
+            "checkpoint.every_n_steps=1", "checkpoint.keep_last=2", "preprocess.depth_normal=false",
+            "preprocess.landmarks=false"]
     return load_config("cpu", None, base + list(sets))

