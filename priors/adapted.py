@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from priors.config import Config
+from priors.deferred import Deferred, resolve
 from priors.prior_2d import StableDiffusionSDS
 from priors.sds import SDSOutput
 from priors.text import PromptEmbeddings
@@ -41,21 +42,37 @@ class AdaptedGuidance:
     """Normal-adapted and depth-adapted SDS.
 
     Args:
-        normal: SDS with the normal-adapted SD 1.5 (its own VAE, text encoder, UNet).
-        depth: SDS with the depth-adapted SD 1.5.
+        normal: SDS with the normal-adapted SD 1.5 (its own VAE, text encoder, UNet), or a
+            :class:`Deferred` loading it on first use.
+        depth: SDS with the depth-adapted SD 1.5, or a :class:`Deferred`.
     """
 
-    def __init__(self, normal: StableDiffusionSDS, depth: StableDiffusionSDS):
-        self.normal, self.depth = normal, depth
+    def __init__(self, normal: StableDiffusionSDS | Deferred[StableDiffusionSDS],
+                 depth: StableDiffusionSDS | Deferred[StableDiffusionSDS]):
+        self._normal, self._depth = normal, depth
+
+    @property
+    def normal(self) -> StableDiffusionSDS:
+        """The normal-adapted model (loaded now if it was deferred)."""
+        return resolve(self._normal)
+
+    @property
+    def depth(self) -> StableDiffusionSDS:
+        """The depth-adapted model (loaded now if it was deferred)."""
+        return resolve(self._depth)
 
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "AdaptedGuidance":
-        """Load both HumanNorm pipelines (each repository holds its full SD 1.5 layout); standard CFG."""
-        return cls(StableDiffusionSDS.from_pretrained(cfg, device, "normal_adapted", "normal_adapted", "standard"),
-                   StableDiffusionSDS.from_pretrained(cfg, device, "depth_adapted", "depth_adapted", "standard"))
+        """Both HumanNorm pipelines (each repository holds its full SD 1.5 layout), standard CFG, each
+        loaded on first use: a run that weights one of them 0 throughout never needs its weights."""
+        def load(key: str):
+            return Deferred(lambda: StableDiffusionSDS.from_pretrained(cfg, device, key, key, "standard"))
+
+        return cls(load("normal_adapted"), load("depth_adapted"))
 
     def embed(self, prompt: str, negative_prompt: str = "") -> tuple[PromptEmbeddings, PromptEmbeddings]:
-        """(normal, depth) prompt embeddings, each from its own model's text encoder."""
+        """(normal, depth) prompt embeddings, each from its own model's text encoder (this loads both;
+        with one of them unused, call ``self.normal.embed`` or ``self.depth.embed`` alone)."""
         return self.normal.embed(prompt, negative_prompt), self.depth.embed(prompt, negative_prompt)
 
     def normal_sds(self, normal: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings,

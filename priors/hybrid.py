@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from priors.deferred import Deferred, resolve
 from priors.prior_2d import StableDiffusionSDS
 from priors.prior_3d import Zero123SDS
 from priors.sds import SDSOutput
@@ -98,12 +99,24 @@ class HybridSDS:
     """Weighted 2D + 3D score distillation on the same renders.
 
     Args:
-        prior_2d: SD 1.5-family SDS (GeneMAN 2D prior).
-        prior_3d: Zero-1-to-3 SDS (GeneMAN 3D prior) with its reference already set.
+        prior_2d: SD 1.5-family SDS (GeneMAN 2D prior), or a :class:`Deferred` loading it.
+        prior_3d: Zero-1-to-3 SDS (GeneMAN 3D prior) with its reference already set, or a
+            :class:`Deferred`. A deferred prior is loaded when its term first has a non-zero weight.
     """
 
-    def __init__(self, prior_2d: StableDiffusionSDS, prior_3d: Zero123SDS):
-        self.prior_2d, self.prior_3d = prior_2d, prior_3d
+    def __init__(self, prior_2d: StableDiffusionSDS | Deferred[StableDiffusionSDS],
+                 prior_3d: Zero123SDS | Deferred[Zero123SDS]):
+        self._prior_2d, self._prior_3d = prior_2d, prior_3d
+
+    @property
+    def prior_2d(self) -> StableDiffusionSDS:
+        """The 2D prior (loaded now if it was deferred)."""
+        return resolve(self._prior_2d)
+
+    @property
+    def prior_3d(self) -> Zero123SDS:
+        """The 3D prior (loaded now if it was deferred)."""
+        return resolve(self._prior_3d)
 
     def __call__(self, images: torch.Tensor, embeddings: PromptEmbeddings, elevation: torch.Tensor,
                  azimuth: torch.Tensor, distance: torch.Tensor, term_2d: Term, term_3d: Term,

@@ -8,6 +8,7 @@ import torch
 
 from priors.adapted import AdaptedGuidance
 from priors.config import Config
+from priors.deferred import Deferred
 from priors.hybrid import HybridSDS
 from priors.prior_2d import StableDiffusionSDS
 from priors.prior_3d import Zero123SDS
@@ -48,8 +49,8 @@ class PriorSet:
 
     @cached_property
     def hybrid(self) -> HybridSDS:
-        """2D + 3D prior SDS."""
-        return HybridSDS(self.prior_2d, self.prior_3d)
+        """2D + 3D prior SDS; each prior is loaded when its term is first used."""
+        return HybridSDS(Deferred(lambda: self.prior_2d), Deferred(lambda: self.prior_3d))
 
     @cached_property
     def adapted(self) -> AdaptedGuidance:

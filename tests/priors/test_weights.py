@@ -121,6 +121,41 @@ def test_prior_set_loads_lazily_and_once(weights):
     assert set(priors.sapiens) == {"normal", "depth"}
 
 
+def test_priors_weighted_zero_are_never_loaded_nor_needed(weights, tmp_path):
+    """Without the 3D prior's and the depth-adapted model's weights, a run that weights them 0 passes
+    the check, and the hybrid / adapted guidance work until something asks for the missing one."""
+    import shutil
+    from types import SimpleNamespace as NS
+
+    from priors.hybrid import Term
+    from stages.schedule import Ramp
+
+    folder = tmp_path / "w"
+    shutil.copytree(weights.weights_dir, folder)
+    cfg = dataclasses.replace(weights, weights_dir=str(folder))
+    shutil.rmtree(folder / cfg.prior_3d_diffusers)
+    shutil.rmtree(folder / cfg.depth_adapted)
+    zero = Ramp(0.0, 0.0)
+    run = NS(geometry_init=NS(lambda_sds=Ramp(0.1, 0.1), lambda_sds_3d=zero),
+             geometry_sculpt=NS(lambda_sds_normal=Ramp(1.0, 1.0), lambda_sds_depth=zero))
+    priors = PriorSet(cfg, "cpu")
+    priors.check(["geometry_init", "geometry_sculpt"], run)
+    with pytest.raises(MissingWeightError, match="prior_3d"):
+        priors.check(["geometry_init"])  # without the run config both priors are needed
+    images = torch.rand(1, 3, 32, 32, requires_grad=True)
+    emb = priors.prior_2d.embed("a person")
+    terms = (Term(0.1, 7.5, (0.2, 0.8), 32), Term(0.0, 5.0, (0.2, 0.8)))
+    out = priors.hybrid(images, emb, *(torch.zeros(1),) * 3, *terms, generator=torch.Generator().manual_seed(0))
+    assert set(out.terms) == {"sds"} and "prior_3d" not in priors.loaded()
+    normal = torch.nn.functional.normalize(torch.randn(1, 3, 32, 32), dim=1)
+    priors.adapted.normal_sds(normal, torch.ones(1, 1, 32, 32), priors.adapted.normal.embed("a person"), (0.2, 0.8),
+                              7.5, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MissingWeightError, match="depth-adapted"):
+        priors.adapted.depth
+    with pytest.raises(MissingWeightError, match="prior_3d|geneman-prior3d"):
+        priors.hybrid.prior_3d
+
+
 def test_sapiens_estimates_masked_maps(weights):
     normal = SapiensEstimator.from_pretrained(weights, "normal", "cpu")
     depth = SapiensEstimator.from_pretrained(weights, "depth", "cpu")
