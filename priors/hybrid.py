@@ -28,8 +28,8 @@ class Term:
     t_range: tuple[float, float]
     """(min, max) timestep fractions at this step."""
     encode_size: int | None = None
-    """Renders are resized to this side before VAE encoding; None: the prior's native size (2D prior:
-    the render's own size; 3D prior: the side its UNet was trained at, 256 for Zero-1-to-3)."""
+    """Renders are resized to this side before VAE encoding; None: the prior's own choice (2D prior:
+    the render's size; 3D prior: its reference's side, by default the 256 its UNet was trained at)."""
 
 
 @dataclass

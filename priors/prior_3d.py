@@ -89,14 +89,17 @@ class Zero123SDS:
     Args:
         parts: the networks.
         weighting: SDS weight w(t) (see :func:`priors.sds.sds_weight`).
-        cond_size: side the reference image is resized to for its VAE latent (256 in the release).
+        cond_size: side the reference image is resized to for its VAE latent; None: :attr:`native_size`
+            (256 for Zero-1-to-3, as in the release). Renders are encoded at this side too by default,
+            as their latents are concatenated with the reference's.
     """
 
-    def __init__(self, parts: Zero123Parts, weighting: str = "sds", cond_size: int = 256):
-        self.parts, self.weighting, self.cond_size = parts, weighting, cond_size
+    def __init__(self, parts: Zero123Parts, weighting: str = "sds", cond_size: int | None = None):
+        self.parts, self.weighting = parts, weighting
         self.num_train_timesteps = parts.scheduler.config.num_train_timesteps
         # image side the UNet was trained at (latent side x VAE downsampling): 256 for Zero-1-to-3
         self.native_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.cond_size = self.native_size if cond_size is None else cond_size
         self.c_crossattn: torch.Tensor | None = None
         self.c_concat: torch.Tensor | None = None
         self.ref = (0.0, 0.0, 3.0)
@@ -134,10 +137,10 @@ class Zero123SDS:
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable.
 
-        Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`native_size` (256 for
-        Zero-1-to-3), whatever the render size.
+        Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`cond_size` (the
+        reference's side, by default :attr:`native_size`: 256 for Zero-1-to-3), whatever the render size.
         """
-        size = self.native_size if size is None else size
+        size = self.cond_size if size is None else size
         if tuple(images.shape[-2:]) != (size, size):
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
         vae = self.parts.vae
@@ -168,7 +171,7 @@ class Zero123SDS:
                  generator: torch.Generator | None = None) -> sds.SDSOutput:
         """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each).
 
-        ``encode_size`` None encodes at :attr:`native_size` (see :meth:`encode_images`).
+        ``encode_size`` None encodes at :attr:`cond_size` (see :meth:`encode_images`).
         """
         latents = self.encode_images(images, encode_size, generator)
         if t is None:

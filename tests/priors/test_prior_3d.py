@@ -92,6 +92,20 @@ def test_sds_uses_camera_and_reference(parts):
     assert images.grad.abs().sum() > 0
 
 
+def test_default_sizes_make_render_and_reference_latents_match(parts):
+    """Without sizes given, the reference and the renders are both encoded at the native side, so the
+    render latent can be concatenated with the reference's whatever the two images' sizes."""
+    prior = Zero123SDS(parts)
+    assert prior.cond_size == prior.native_size
+    prior.set_reference(torch.rand(1, 3, 40, 40), 0.0, 0.0, 3.0)
+    images = torch.rand(2, 3, 48, 48, requires_grad=True)
+    out = prior(images, torch.zeros(2), torch.tensor([0.0, 90.0]), torch.full((2,), 3.0), (0.5, 0.5), 5.0,
+                generator=torch.Generator().manual_seed(0))
+    assert out.grad.shape[-2:] == prior.c_concat.shape[-2:]
+    out.loss.backward()
+    assert images.grad.abs().sum() > 0
+
+
 ZERO123_YAML = {"model": {"params": {
     "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
     "unet_config": {"params": {
