@@ -200,7 +200,7 @@ def check_field_values(cfg: RunConfig) -> None:
         if "pattern" in meta and not re.fullmatch(meta["pattern"], str(value)):
             raise ConfigError(f"{key}={value!r} is not valid; use {meta['hint']}")
         low, high = meta.get("min"), meta.get("max")
-        if (low is not None and value < low) or (high is not None and value > high):
+        if (low is not None and not value >= low) or (high is not None and not value <= high):  # NaN fails too
             bounds = f"between {low} and {high}" if low is not None and high is not None else (
                 f"at least {low}" if low is not None else f"at most {high}")
             raise ConfigError(f"{key}={value} is out of range; it must be {bounds}")

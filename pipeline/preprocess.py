@@ -96,8 +96,8 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16"):  # 16-bit: full scale is 65535, however dark the photo
             top = 65535.0
-        elif img.mode == "I":  # 32-bit integers: 16-bit data when above 255, else 8-bit data
-            top = 65535.0 if arr.max() > 255 else 255.0
+        elif img.mode == "I":  # 32-bit integers: how older Pillow opens 16-bit PNGs; wider data by its maximum
+            top = max(65535.0, arr.max())
         else:  # float: no fixed scale, stretched to its own range
             arr = arr - arr.min()
             top = max(arr.max(), 1e-8)
@@ -190,6 +190,10 @@ def _landmarks_or_warn(rgb: np.ndarray, photo: Path) -> torch.Tensor | None:
     except ImportError:
         log.warning("no body landmarks for %s: mediapipe is not installed (the 'segment' extra); the stages run "
                     "without them", photo)
+        return None
+    except Exception as e:  # noqa: BLE001 - a broken mediapipe install must not fail the run
+        log.warning("no body landmarks for %s: MediaPipe Pose failed (%s: %s); the stages run without them", photo,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return None
     if found is None:
         log.warning("no body landmarks for %s: MediaPipe Pose found no body; the stages run without them", photo)

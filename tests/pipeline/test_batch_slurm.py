@@ -268,6 +268,8 @@ def assert_continued(run, stopped: dict, logs: str) -> None:
             continue
         starts = [int(x) for x in (run / STAGE_FOLDER[name] / "starts.txt").read_text().split()]
         assert starts[0] == 0 and all(s > 0 for s in starts[1:]), f"{name} restarted: starts {starts}"
+        if rec["state"] == "done":
+            assert starts == [0], f"{name} was done and ran again: starts {starts}"
         if rec["state"] == "interrupted" and rec["step"] > 0:
             assert starts == [0, rec["step"]], f"{name} stopped at {rec['step']}, starts {starts}"
             assert f"{STAGE_FOLDER[name]}/ckpt/step_{rec['step']:08d}.pt" in logs and "resumed from" in logs

@@ -96,6 +96,7 @@ def test_config_file_layer_between_preset_and_set(tmp_path):
     (["preprocess.fill=5"], ["preprocess.fill=5.0 is out of range", "between 0.05 and 1.0"]),
     (["preprocess.canvas=-3"], ["preprocess.canvas=-3", "at least 64"]),
     (["preprocess.min_mask_fraction=-0.1"], ["preprocess.min_mask_fraction", "between 0.0 and 0.5"]),
+    (["preprocess.fill=.nan"], ["preprocess.fill=nan is out of range"]),
 ])
 def test_bad_values_name_the_key(sets, words):
     with pytest.raises(ConfigError) as e:

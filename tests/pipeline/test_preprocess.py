@@ -88,7 +88,7 @@ def test_zero_width_image_is_refused(tmp_path, capsys):
     p = tmp_path / "zero.png"  # a well-formed PNG header that says 0 x 10 pixels
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 10, 8, 2, 0, 0, 0))
                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-    assert "zero.png" in cli_fails(tmp_path, capsys, p)
+    assert "zero.png is not an image that can be read" in cli_fails(tmp_path, capsys, p)  # Pillow refuses the header
 
 
 def test_missing_mask_file_is_named_as_the_mask(tmp_path, capsys):
@@ -146,6 +146,15 @@ def test_dark_sixteen_bit_grey_stays_dark(tmp_path):
     assert Image.open(p).mode.startswith("I")
     img = np.asarray(preprocess.read_photo(p, 10**8))
     assert img.max() <= 1  # 100 and 200 of 65535, not stretched to the 8-bit range
+
+
+def test_32_bit_integer_mode_is_read_as_16_bit(tmp_path):
+    """Older Pillow releases open 16-bit PNGs in mode I: dark values stay dark there too."""
+    img = Image.fromarray(np.full((8, 8), 100, np.int32))
+    assert img.mode == "I"
+    assert np.asarray(preprocess._to_8bit(img, tmp_path / "x.png")).max() <= 1
+    bright = Image.fromarray(np.full((8, 8), 65535, np.int32))
+    assert np.asarray(preprocess._to_8bit(bright, tmp_path / "x.png")).min() == 255
 
 
 def test_sixteen_bit_rgb_keeps_its_colours(tmp_path):
@@ -285,6 +294,20 @@ def test_landmarks_left_out_with_a_warning_without_mediapipe(tmp_path, monkeypat
     with caplog.at_level(logging.WARNING, logger="geneman"):
         preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal=False, landmarks=False), "")
     assert "landmarks" not in caplog.text  # not asked for: no warning
+
+
+def test_a_broken_mediapipe_leaves_landmarks_out_with_a_warning(tmp_path, monkeypatch, caplog):
+    import logging
+
+    def broken(rgb):
+        raise TypeError("Descriptors cannot be created directly")  # what a protobuf mismatch raises
+
+    monkeypatch.setattr(preprocess, "body_landmarks", broken)
+    p = tmp_path / "person.png"
+    person_rgba().save(p)
+    with caplog.at_level(logging.WARNING, logger="geneman"):
+        inputs = preprocess.run(p, None, preprocess.Config(canvas=64, depth_normal=False), "")
+    assert inputs.landmarks is None and "MediaPipe Pose failed (TypeError: Descriptors" in caplog.text
 
 
 def test_no_body_no_landmarks():
