@@ -185,18 +185,16 @@ def body_landmarks(rgb: np.ndarray) -> np.ndarray | None:
 
 
 def _landmarks_or_warn(rgb: np.ndarray, photo: Path) -> torch.Tensor | None:
+    reason = "MediaPipe Pose found no body"
     try:
         found = body_landmarks(rgb)
     except ImportError:
-        log.warning("no body landmarks for %s: mediapipe is not installed (the 'segment' extra); the stages run "
-                    "without them", photo)
-        return None
+        found, reason = None, "mediapipe is not installed (the 'segment' extra)"
     except Exception as e:  # noqa: BLE001 - a broken mediapipe install must not fail the run
-        log.warning("no body landmarks for %s: MediaPipe Pose failed (%s: %s); the stages run without them", photo,
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return None
+        found = None
+        reason = f"MediaPipe Pose failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if found is None:
-        log.warning("no body landmarks for %s: MediaPipe Pose found no body; the stages run without them", photo)
+        log.warning("no body landmarks for %s: %s; the stages run without them", photo, reason)
         return None
     return torch.from_numpy(found)
 

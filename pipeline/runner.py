@@ -220,16 +220,16 @@ class Runner:
         names = stage_names(self.stages)
         return ", ".join(names[: names.index(spec.name)])
 
-    def _tick(self, rec) -> None:
-        """Add the time since the last tick to the stage's ``elapsed_s``."""
+    def _tick(self, rec) -> float:
+        """Add the time since the last tick to the stage's ``elapsed_s``; return the time now."""
         t = time.monotonic()
         rec.elapsed_s += t - self._t0
         self._t0 = t
+        return t
 
     def _on_step(self, rec, step: int, saved: bool) -> None:
         rec.step = step
-        self._tick(rec)
-        t = self._t0
+        t = self._tick(rec)
         if saved or t - self._last_write > 5.0:
             self._last_write = t
             self.store.save()
