@@ -50,6 +50,17 @@ class AdaptedGuidance:
     def __init__(self, normal: StableDiffusionSDS | Deferred[StableDiffusionSDS],
                  depth: StableDiffusionSDS | Deferred[StableDiffusionSDS]):
         self._normal, self._depth = normal, depth
+        self._prompts: tuple[str, str] = ("", "")
+        self._embeddings: dict[str, PromptEmbeddings] = {}
+
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        """Set one avatar's prompt; each model embeds it with its own text encoder on first use."""
+        self._prompts, self._embeddings = (prompt, negative_prompt), {}
+
+    def _prepared(self, kind: str) -> PromptEmbeddings:
+        if kind not in self._embeddings:
+            self._embeddings[kind] = getattr(self, kind).embed(*self._prompts)
+        return self._embeddings[kind]
 
     @property
     def normal(self) -> StableDiffusionSDS:
@@ -75,16 +86,21 @@ class AdaptedGuidance:
         with one of them unused, call ``self.normal.embed`` or ``self.depth.embed`` alone)."""
         return self.normal.embed(prompt, negative_prompt), self.depth.embed(prompt, negative_prompt)
 
-    def normal_sds(self, normal: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings,
+    def normal_sds(self, normal: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings | None,
                    t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 512,
-                   generator: torch.Generator | None = None) -> SDSOutput:
-        """SDS of the normal-adapted model on rendered normals [B,3,H,W] in [-1,1] with mask [B,1,H,W]."""
+                   generator: torch.Generator | None = None, cameras: object | None = None) -> SDSOutput:
+        """SDS of the normal-adapted model on rendered camera-space normals [B,3,H,W] in [-1,1] with mask
+        [B,1,H,W]. ``embeddings`` None: the prompt given to :meth:`prepare`. ``cameras`` is unused here
+        (see :meth:`priors.hybrid.HybridSDS.__call__`)."""
+        embeddings = self._prepared("normal") if embeddings is None else embeddings
         return self.normal(normal_image(normal, mask), embeddings, t_range, guidance_scale, encode_size,
                            generator=generator)
 
-    def depth_sds(self, depth: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings,
+    def depth_sds(self, depth: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings | None,
                   t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 512,
-                  generator: torch.Generator | None = None) -> SDSOutput:
-        """SDS of the depth-adapted model on rendered depth [B,1,H,W] with mask [B,1,H,W]."""
+                  generator: torch.Generator | None = None, cameras: object | None = None) -> SDSOutput:
+        """SDS of the depth-adapted model on rendered depth [B,1,H,W] with mask [B,1,H,W]
+        (``embeddings`` and ``cameras``: as in :meth:`normal_sds`)."""
+        embeddings = self._prepared("depth") if embeddings is None else embeddings
         return self.depth(depth_image(depth, mask), embeddings, t_range, guidance_scale, encode_size,
                           generator=generator)

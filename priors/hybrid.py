@@ -107,6 +107,28 @@ class HybridSDS:
     def __init__(self, prior_2d: StableDiffusionSDS | Deferred[StableDiffusionSDS],
                  prior_3d: Zero123SDS | Deferred[Zero123SDS]):
         self._prior_2d, self._prior_3d = prior_2d, prior_3d
+        self._prompts: tuple[str, str] = ("", "")
+        self._embeddings: PromptEmbeddings | None = None
+        self._reference: tuple[torch.Tensor, float, float, float] | None = None
+        self._reference_set = False
+
+    def prepare(self, prompt: str, negative_prompt: str, reference: torch.Tensor, elevation: float,
+                azimuth: float, distance: float) -> None:
+        """Set one avatar's prompt and reference photo [1, 3, H, W] in [0, 1] (white background) and its
+        camera. The prompt is embedded when the 2D term first runs and the reference is given to the
+        3D prior when the 3D term first runs, so a prior weighted 0 throughout is never loaded."""
+        self._prompts, self._embeddings = (prompt, negative_prompt), None
+        self._reference, self._reference_set = (reference, elevation, azimuth, distance), False
+
+    def _prepared_embeddings(self) -> PromptEmbeddings:
+        if self._embeddings is None:
+            self._embeddings = self.prior_2d.embed(*self._prompts)
+        return self._embeddings
+
+    def _set_reference(self) -> None:
+        if not self._reference_set and self._reference is not None:
+            self.prior_3d.set_reference(*self._reference)
+            self._reference_set = True
 
     @property
     def prior_2d(self) -> StableDiffusionSDS:
@@ -118,14 +140,22 @@ class HybridSDS:
         """The 3D prior (loaded now if it was deferred)."""
         return resolve(self._prior_3d)
 
-    def __call__(self, images: torch.Tensor, embeddings: PromptEmbeddings, elevation: torch.Tensor,
+    def __call__(self, images: torch.Tensor, embeddings: PromptEmbeddings | None, elevation: torch.Tensor,
                  azimuth: torch.Tensor, distance: torch.Tensor, term_2d: Term, term_3d: Term,
-                 multiview_tiles: int = 1, generator: torch.Generator | None = None) -> HybridOutput:
+                 multiview_tiles: int = 1, generator: torch.Generator | None = None,
+                 cameras: object | None = None) -> HybridOutput:
         """Hybrid SDS on [B,3,H,W] renders in [0,1] from cameras [B] (degrees, scene units).
 
         ``multiview_tiles > 1`` applies the multi-view trick to the 2D term (B must be a multiple);
-        the 3D term is per view, since each view has its own relative camera.
+        the 3D term is per view, since each view has its own relative camera. ``embeddings`` None
+        uses the prompt given to :meth:`prepare`. ``cameras`` (the render cameras) is not used by the
+        priors; it is part of the call so that a guidance that needs the whole camera (the
+        benchmark's oracle) answers the same call.
         """
+        if embeddings is None and term_2d.weight:
+            embeddings = self._prepared_embeddings()
+        if term_3d.weight:
+            self._set_reference()
         terms: dict[str, SDSOutput] = {}
         loss = images.new_zeros(())
         if term_2d.weight:

@@ -1,18 +1,35 @@
 """Stage 1, geometry initialisation: a NeRF fitted to the photo under hybrid 2D + 3D SDS.
 
-Only the typed configuration exists so far; the training loop lands with the stage's own issue,
-and until then the runner stops before this stage with a message naming it.
+A density + albedo field on the progressive hash grid is volume-rendered (occupancy grid, white
+background). Every ``n_ref``-th step renders the reference camera and fits the photo, its mask and
+the preprocess depth / normal maps; the other steps render random orbit cameras and take the hybrid
+SDS of the run's guidance. The release's regularisers act on both. At the end the field becomes a
+mesh by marching cubes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stages import losses as L
+from stages import previews
 from stages.common import GuidanceConfig, HashGridConfig, OptimConfig, OrbitCameraConfig
-from stages.schedule import Ramp, ramp_field
+from stages.inputs import Inputs
+from stages.loop import (active, autocast, generator, guidance_term, make_optimizer, seed_from_torch,
+                         stage_device, weighted_sum, weights_at)
+from stages.mesh_result import MeshResult
+from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit
+from stages.render.fields import DensityField, density_normals
+from stages.render.marching_cubes import field_to_mesh
+from stages.render.occupancy import OccupancyGrid
+from stages.render.volume import render_image
+from stages.schedule import Ramp, milestone_value, ramp_field
 
 FOLDER = "01_geometry_init"
-
-
+NORMAL_LOSSES = ("normal", "normal_smooth", "3d_normal_smooth", "orient")
 @dataclass
 class Config:
     """Stage 1 hyperparameters (defaults: the release)."""
@@ -75,3 +92,207 @@ class Config:
     """Autocast the field and priors to half precision where the device supports it."""
     mesh_resolution: int = 256
     """Marching-cubes grid resolution for the NeRF -> mesh conversion at the end of the stage."""
+    mesh_level: float = 10.0
+    """Density level of the marching-cubes surface."""
+    encode_resolution: int = 512
+    """Renders are resized to this before the 2D prior's VAE encoding (0: encode at render size)."""
+    background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Solid background colour (white, as the photo's background is painted)."""
+    batch_size: int = 1
+    """Random cameras per guidance step."""
+    occupancy_resolution: int = 64
+    """Cells per axis of the occupancy grid that skips empty space."""
+    occupancy_every: int = 16
+    """The occupancy grid is re-evaluated every this many steps."""
+    mlp_neurons: int = 64
+    """Hidden width of the density / albedo MLP."""
+    smooth_points: int = 4096
+    """Sample points per step for the 3D normal smoothness (a random subset of the rendered ones)."""
+    smooth_eps: float = 0.01
+    """Perturbation of the 3D normal smoothness points, scene units."""
+    ray_chunk: int = 16384
+    """Rays per field call (memory)."""
+    preview_every: int = 500
+    """A preview strip (reference view + three novel views) every this many steps (0: none)."""
+
+
+class Result(MeshResult):
+    """The fitted field (state and constructor arguments) and its marching-cubes mesh ``[V, 3]`` / ``[F, 3]``."""
+
+
+def build_field(cfg: Config) -> DensityField:
+    """The stage's density + albedo field from its config."""
+    g = cfg.grid
+    return DensityField(cfg.radius, g.n_levels, g.features_per_level, g.log2_hashmap_size, g.base_resolution,
+                        g.per_level_scale, g.start_level, g.start_step, g.update_steps, n_neurons=cfg.mlp_neurons,
+                        blob_scale=cfg.density_blob_scale, blob_std=cfg.density_blob_std)
+
+
+def field_args(cfg: Config) -> dict:
+    """What :func:`build_field` needs, as JSON (kept in the Result so it rebuilds without the config)."""
+    return {"radius": cfg.radius, "grid": vars(cfg.grid).copy(), "mlp_neurons": cfg.mlp_neurons,
+            "density_blob_scale": cfg.density_blob_scale, "density_blob_std": cfg.density_blob_std}
+
+
+@dataclass
+class Reference:
+    """The photo and its maps at one render resolution, ``[1, H, W, C]``, and the reference camera."""
+
+    rgb: Tensor
+    mask: Tensor
+    depth: Tensor | None
+    normal: Tensor | None
+    camera: Cameras
+
+    @classmethod
+    def at(cls, inputs: Inputs, camera: Cameras, res: int, device: torch.device) -> "Reference":
+        """Resize the preprocess maps (area filter; normals renormalised) to ``res`` x ``res``."""
+        def resize(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            x = x.reshape(*x.shape[:2], -1).permute(2, 0, 1)[None].float()
+            return F.interpolate(x, (res, res), mode="area")[0].permute(1, 2, 0)[None].to(device)
+
+        normal = resize(inputs.normal)
+        if normal is not None:
+            normal = F.normalize(normal, dim=-1) * (normal.norm(dim=-1, keepdim=True) > 0.5)
+        return cls(resize(inputs.rgb), resize(inputs.mask), resize(inputs.depth), normal, camera.to(device))
+
+
+def reference_losses(out: dict[str, Tensor], ref: Reference, cfg: Config, w: dict[str, float]) -> dict[str, Tensor]:
+    """RGB and mask MSE against the photo; depth and normal against the preprocess maps where present."""
+    losses = {"rgb": F.mse_loss(out["rgb"], ref.rgb), "mask": F.mse_loss(out["opacity"], ref.mask)}
+    if ref.depth is not None and active(w, "depth"):
+        depth = out["depth"] / out["opacity"].clamp_min(1e-4)
+        fit = L.depth_pearson if cfg.depth_loss == "pearson" else L.depth_ls_mse
+        losses["depth"] = fit(depth, ref.depth, ref.mask)
+    if ref.normal is not None and active(w, "normal"):
+        normal = L.to_camera(out["normal"], ref.camera.c2w)
+        losses["normal"] = L.normal_mse(F.normalize(normal, dim=-1), ref.normal, ref.mask)
+    return losses
+
+
+def guidance_losses(out: dict[str, Tensor], cams: Cameras, guide, cfg: Config, w: dict[str, float], step: int,
+                    gen: torch.Generator) -> dict[str, Tensor]:
+    """Hybrid SDS of the renders from random cameras (terms weighted 0 now are not run)."""
+    images = out["rgb"].permute(0, 3, 1, 2)
+    size = cfg.encode_resolution or None
+    t2 = guidance_term(cfg.guidance_2d, w["sds"], step, size)
+    t3 = guidance_term(cfg.guidance_3d, w["sds_3d"], step)
+    if not (t2.weight or t3.weight):
+        return {}
+    res = guide(images, None, cams.elevation, cams.azimuth, cams.distance, t2, t3, generator=gen, cameras=cams)
+    return {name: term.loss for name, term in res.terms.items()}
+
+
+def regularisers(field: DensityField, out: dict[str, Tensor], cfg: Config, w: dict[str, float],
+                 gen: torch.Generator) -> dict[str, Tensor]:
+    """The release's regularisers that are weighted now: normal smoothness (2D and 3D), orientation,
+    sparsity and binary opacity."""
+    losses: dict[str, Tensor] = {}
+    if active(w, "sparsity"):
+        losses["sparsity"] = L.sparsity(out["opacity"])
+    if active(w, "opaque"):
+        losses["opaque"] = L.opaque(out["opacity"])
+    if "normal" not in out:
+        return losses
+    if active(w, "normal_smooth"):
+        losses["normal_smooth"] = L.normal_smoothness_2d(out["normal"], out["opacity"].detach())
+    if active(w, "orient"):
+        losses["orient"] = L.orientation(out["sample_weight"], out["sample_normal"], out["sample_dir"])
+    if active(w, "3d_normal_smooth") and out["sample_point"].shape[0]:
+        pts = out["sample_point"]
+        pick = torch.randint(0, pts.shape[0], (min(cfg.smooth_points, pts.shape[0]),), generator=gen,
+                             device=gen.device).to(pts.device)
+        p = pts[pick].detach()
+        jitter = torch.randn(p.shape, generator=gen, device=gen.device).to(p.device) * cfg.smooth_eps
+        n0 = density_normals(field.density, p, cfg.normal_type)
+        n1 = density_normals(field.density, p + jitter, cfg.normal_type)
+        losses["3d_normal_smooth"] = L.normal_smoothness_3d(n0, n1)
+    return losses
+
+
+def render(field: DensityField, occ: OccupancyGrid, cams: Cameras, res: int, cfg: Config, normals: bool,
+           gen: torch.Generator | None, perturb: bool = True) -> dict[str, Tensor]:
+    """Volume-render ``res`` x ``res`` images ``[B, H, W, C]`` of the field from ``cams``."""
+    bg = torch.tensor(cfg.background, dtype=torch.float32)
+    return render_image(field, cams, res, res, chunk=cfg.ray_chunk, radius=cfg.radius,
+                        n_samples=cfg.samples_per_ray, occupancy=occ, background=bg,
+                        normals=cfg.normal_type if normals else None, perturb=perturb, generator=gen)
+
+
+def random_cameras(cfg: Config, gen: torch.Generator) -> Cameras:
+    """Random orbit cameras of a guidance step."""
+    c = cfg.camera
+    return sample_orbit(cfg.batch_size, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range, gen)
+
+
+def preview_cameras(cfg: Config) -> Cameras:
+    """The reference camera and three novel views (azimuth +90, +180, +270)."""
+    c = cfg.camera
+    az = torch.tensor([0.0, 90.0, 180.0, 270.0]) + c.ref_azimuth
+    ones = torch.ones(4)
+    return orbit_cameras(ones * c.ref_elevation, az, ones * c.ref_distance, ones * c.ref_fovy)
+
+
+def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
+    """Fit the field for ``cfg.steps`` steps (resuming from ``ckpt``) and convert it to a mesh."""
+    device = stage_device(priors)
+    c = cfg.camera
+    ref_cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
+    field_ = build_field(cfg).to(device)
+    occ = OccupancyGrid(cfg.radius, cfg.occupancy_resolution, 2 * cfg.radius * 1.7320508 / cfg.samples_per_ray).to(device)
+    opt = make_optimizer(cfg.optim, {"encoding": (list(field_.encoding.parameters()), cfg.optim.lr),
+                                     "mlp": (list(field_.mlp.parameters()), cfg.optim.lr_other)})
+    gen, cam_gen = generator(device, seed_from_torch()), generator(torch.device("cpu"), seed_from_torch())
+    objects = {"field": field_, "occupancy": occ, "optim": opt, "gen": gen, "cam_gen": cam_gen}
+    start = ckpt.resume(objects)
+    guide = priors.hybrid
+    photo = inputs.rgb.permute(2, 0, 1)[None].to(device)
+    guide.prepare(inputs.prompt, inputs.negative_prompt, photo, c.ref_elevation, c.ref_azimuth, c.ref_distance)
+    refs: dict[int, Reference] = {}
+    for step in range(start, cfg.steps):
+        # 1. schedules: band of the hash grid, loss weights, render resolution; occupancy refresh
+        field_.set_step(step)
+        w = weights_at(cfg, step)
+        res = milestone_value(cfg.resolutions, cfg.resolution_milestones, step)
+        if step % cfg.occupancy_every == 0:
+            occ.update(field_.density, generator=gen, dilation=1)
+        # 2. camera: the reference every n_ref-th step, random orbit cameras otherwise
+        is_ref = step % cfg.n_ref == 0
+        ref = refs.setdefault(res, Reference.at(inputs, ref_cam, res, device))
+        cams = ref.camera if is_ref else random_cameras(cfg, cam_gen).to(device)
+        with autocast(cfg.mixed_precision, device):
+            # 3. render (normals only when a loss weighted now needs them)
+            out = render(field_, occ, cams, res, cfg, active(w, *NORMAL_LOSSES), gen)
+            # 4. losses: reference or guidance, then the regularisers
+            losses = reference_losses(out, ref, cfg, w) if is_ref else guidance_losses(out, cams, guide, cfg, w, step, gen)
+            losses.update(regularisers(field_, out, cfg, w, gen))
+            loss = weighted_sum(losses, w)
+        # 5. step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cfg.preview_every and (step + 1) % cfg.preview_every == 0:
+            previews.write(ckpt, step + 1, _preview(field_, occ, cfg, res, device))
+        ckpt.step_done(step + 1, {k: v.detach() for k, v in losses.items()}, objects)
+    field_.set_step(cfg.steps)
+    return Result(*to_mesh(field_, cfg, device), state=field_.state_dict(), args=field_args(cfg))
+
+
+@torch.no_grad()
+def _preview(field_: DensityField, occ: OccupancyGrid, cfg: Config, res: int, device: torch.device) -> Tensor:
+    out = render(field_, occ, preview_cameras(cfg).to(device), res, cfg, False, None, perturb=False)
+    return out["rgb"]
+
+
+@torch.no_grad()
+def to_mesh(field_: DensityField, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Marching cubes of the density at ``cfg.mesh_level``: vertices ``[V, 3]``, faces ``[F, 3]`` and the
+    albedo ``[V, 3]`` at the vertices."""
+    verts, faces = field_to_mesh(field_.density, cfg.mesh_resolution, cfg.mesh_level, cfg.radius, device=device)
+    if faces.shape[0] == 0:
+        raise RuntimeError(f"the field has no surface at density {cfg.mesh_level}: nothing was fitted "
+                           "(check the photo's mask and the loss weights)")
+    colors = torch.cat([field_(v.to(device))[1].float().cpu() for v in verts.split(2**16)])
+    return verts, faces, colors

@@ -105,7 +105,9 @@ def render_rays(field, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_sam
     Returns:
         ``rgb`` (R, C) over the background, ``opacity`` (R, 1), ``depth`` (R, 1) (expected distance along
         the ray, not divided by opacity), ``weights`` (R, S), ``t_mid`` (R, S), and ``normal`` (R, 3) if
-        asked (weighted sum of unit normals, not renormalised).
+        asked (weighted sum of unit normals, not renormalised), with the per-sample ``sample_normal``
+        (N, 3), ``sample_weight`` (N,), ``sample_dir`` (N, 3) and ``sample_point`` (N, 3) of the N
+        evaluated samples (for per-sample regularisers such as the orientation loss).
     """
     assert origins.shape == dirs.shape and origins.shape[-1] == 3, (origins.shape, dirs.shape)
     near, far, hit = ray_sphere(origins, dirs, radius)
@@ -131,6 +133,8 @@ def render_rays(field, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_sam
     if normals is not None:
         nrm = density_normals(field.density, flat, normals, normal_eps)
         out["normal"] = _scatter_sum(w_sel[:, None] * nrm, sel // n_s, n_rays)
+        out["sample_normal"], out["sample_weight"] = nrm, w_sel
+        out["sample_dir"], out["sample_point"] = dirs[sel // n_s], flat
     return out
 
 
@@ -141,7 +145,8 @@ def _scatter_sum(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
 
 def render_image(field, cameras, height: int, width: int, chunk: int = 2**14, **kwargs) -> dict[str, Tensor]:
     """Render full images (B, H, W, C) from :class:`stages.render.cameras.Cameras`, ``chunk`` rays at a
-    time; keyword arguments go to :func:`render_rays`. Returns every per-ray output as (B, H, W, C)."""
+    time; keyword arguments go to :func:`render_rays`. Returns every per-ray output as (B, H, W, C) and
+    the per-sample ``sample_*`` outputs concatenated over all rays."""
     o, d = cameras.rays(height, width)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
     parts = [render_rays(field, oc, dc, **kwargs) for oc, dc in zip(o.split(chunk), d.split(chunk))]
@@ -149,5 +154,6 @@ def render_image(field, cameras, height: int, width: int, chunk: int = 2**14, **
     for key in parts[0]:
         if key in ("weights", "t_mid"):
             continue
-        out[key] = torch.cat([p[key] for p in parts]).reshape(len(cameras), height, width, -1)
+        joined = torch.cat([p[key] for p in parts])
+        out[key] = joined if key.startswith("sample_") else joined.reshape(len(cameras), height, width, -1)
     return out
