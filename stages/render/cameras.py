@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stages.render import rng
+
 PARTS = ("full", "head", "upper", "lower")
 """Part names of :func:`sample_part_cameras`, in the order of its ``ratios`` and ``centres``."""
 
@@ -173,7 +175,7 @@ def turntable(n_views: int = 120, elevation: float = 0.0, distance: float = 3.0,
 
 def _uniform(batch: int, bounds, generator: torch.Generator | None) -> Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
-    return lo + (hi - lo) * torch.rand(batch, generator=generator)
+    return lo + (hi - lo) * rng.rand((batch,), generator, "cpu")
 
 
 def sample_orbit(batch: int, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0),
@@ -208,10 +210,11 @@ def sample_part_cameras(batch: int, centres: Tensor, ratios=(0.7, 0.1, 0.1, 0.1)
     """
     assert centres.shape == (4, 3), centres.shape
     probs = torch.as_tensor(ratios, dtype=torch.float32)
-    part = torch.multinomial(probs / probs.sum(), batch, replacement=True, generator=generator)
+    probs = (probs / probs.sum()).to(rng.draw_device(generator, "cpu"))
+    part = torch.multinomial(probs, batch, replacement=True, generator=generator).cpu()
     ranges = torch.tensor([full_distance_range, head_distance_range, half_distance_range, half_distance_range],
                           dtype=torch.float32)[part]
-    distance = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * torch.rand(batch, generator=generator)
+    distance = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * rng.rand((batch,), generator, "cpu")
     cams = orbit_cameras(_uniform(batch, elevation_range, generator), _uniform(batch, azimuth_range, generator),
                          distance, _uniform(batch, fovy_range, generator), target=centres[part].float())
     return cams, part

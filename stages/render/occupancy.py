@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from stages.render import rng
+
 
 class OccupancyGrid(nn.Module):
     """Binary occupancy with a density EMA, updated during training.
@@ -69,7 +71,7 @@ class OccupancyGrid(nn.Module):
         """
         cell = 2 * self.radius / self.resolution
         centres = self.cell_centres()
-        jitter = (torch.rand(centres.shape, generator=generator) - 0.5).to(centres.device) * cell
+        jitter = (rng.rand(centres.shape, generator, centres.device) - 0.5) * cell
         pts = centres + jitter
         new = torch.cat([density_fn(p).float().reshape(-1) for p in pts.split(chunk)])
         self.density.copy_(torch.maximum(self.density * decay, new))

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from stages.render import rng
 from stages.render.fields import density_normals
 from stages.render.occupancy import OccupancyGrid
 
@@ -42,7 +43,7 @@ def stratified_samples(near: Tensor, far: Tensor, n_samples: int, perturb: bool 
         mids = 0.5 * (edges[:, 1:] + edges[:, :-1])
         lo = torch.cat([edges[:, :1], mids], dim=1)
         hi = torch.cat([mids, edges[:, -1:]], dim=1)
-        edges = lo + (hi - lo) * torch.rand(edges.shape, generator=generator).to(near.device)
+        edges = lo + (hi - lo) * rng.rand(edges.shape, generator, near.device)
     return edges[:, :-1], edges[:, 1:]
 
 
