@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 
 from priors.deferred import Deferred, resolve
 from priors.prior_2d import StableDiffusionSDS
@@ -73,7 +74,7 @@ def untile_views(x: torch.Tensor, n_views: int) -> torch.Tensor:
 def shared_noise(groups: int, n_views: int, shape: tuple[int, int, int], generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Tiled noise [G, C, rows*h, cols*w] whose ``n_views`` tiles hold the same sample per group."""
-    eps = torch.randn((groups, *shape), generator=generator).to(device)
+    eps = randn_tensor((groups, *shape), generator, torch.device(device))
     return tile_views(eps.repeat_interleave(n_views, dim=0), n_views)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from priors import memory, sds
@@ -113,7 +114,7 @@ class StableDiffusionSDS:
         if t is None:
             t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+            noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
         latents_noisy = self.scheduler.add_noise(latents.detach(), noise, t)
         noise_pred = self.predict_noise(latents_noisy, t, embeddings, guidance_scale)
         return sds.sds_from_prediction(latents, noise, noise_pred, t, self.scheduler.alphas_cumprod, self.weighting)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 
@@ -177,7 +178,7 @@ class Zero123SDS:
         if t is None:
             t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            noise = randn_tensor(latents.shape, generator, latents.device)
         latents_noisy = self.parts.scheduler.add_noise(latents.detach(), noise, t)
         camera = relative_camera(elevation, azimuth, distance, self.ref).to(latents.device)
         noise_pred = self.predict_noise(latents_noisy, t, camera, guidance_scale)

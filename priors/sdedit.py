@@ -12,6 +12,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 
 from priors import memory, sds
 from priors.config import Config
@@ -94,7 +95,7 @@ class ControlNetSDEdit:
             control = F.interpolate(control, (size, size), mode="bilinear", align_corners=False)
         vae, n = self.vae, images.shape[0]
         z = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
-        noise = torch.randn(z.shape, generator=generator).to(z.device)
+        noise = randn_tensor(z.shape, generator, z.device)
         z = self.scheduler.add_noise(z, noise, steps[:1].repeat(n))
         ctx = embeddings.batch(n).to(device=z.device, dtype=self.unet.dtype)
         cond = torch.cat([control] * 2).to(self.controlnet.dtype)
