@@ -8,63 +8,16 @@ azimuth change, distance change) and mapped by the learned linear ``cc_projectio
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
-from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionModelWithProjection
 
-from priors import memory, sds
+from priors import memory, sds, zero123_ldm
 from priors.config import Config
+from priors.zero123_parts import Zero123Parts
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class Zero123Parts:
-    """The networks of a Zero-1-to-3 model in diffusers / transformers classes."""
-
-    unet: UNet2DConditionModel
-    """8-channel-input noise predictor."""
-    vae: AutoencoderKL
-    """Autoencoder (SD's)."""
-    image_encoder: CLIPVisionModelWithProjection
-    """CLIP image encoder (OpenAI ViT-L/14 in the real model)."""
-    cc_projection: torch.nn.Linear
-    """[image embedding, 4 camera numbers] -> context width."""
-    scheduler: DDIMScheduler
-    """Noise schedule from the LDM yaml."""
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write the diffusers-format folder :meth:`from_pretrained` reads."""
-        folder = Path(folder)
-        self.unet.save_pretrained(folder / "unet")
-        self.vae.save_pretrained(folder / "vae")
-        self.image_encoder.save_pretrained(folder / "image_encoder")
-        self.scheduler.save_pretrained(folder / "scheduler")
-        (folder / "cc_projection").mkdir(parents=True, exist_ok=True)
-        cfg = {"in_features": self.cc_projection.in_features, "out_features": self.cc_projection.out_features}
-        (folder / "cc_projection" / "config.json").write_text(json.dumps(cfg))
-        state = {k: v.contiguous() for k, v in self.cc_projection.state_dict().items()}
-        save_file(state, str(folder / "cc_projection" / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Zero123Parts":
-        """Load a folder written by :meth:`save_pretrained` (local files only)."""
-        folder = Path(folder)
-        cfg = json.loads((folder / "cc_projection" / "config.json").read_text())
-        proj = torch.nn.Linear(cfg["in_features"], cfg["out_features"])
-        proj.load_state_dict(load_file(str(folder / "cc_projection" / "model.safetensors")))
-        return cls(UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
-                   AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
-                   CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
-                   proj, DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True))
 
 
 def relative_camera(elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
@@ -108,7 +61,6 @@ class Zero123SDS:
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "Zero123SDS":
         """Load the 3D prior: a diffusers folder if ``cfg.prior_3d_diffusers`` is set, else the LDM files."""
-        from priors import zero123_ldm
         from priors.weights import all_weights, resolve
 
         root = resolve(cfg, all_weights(cfg)["prior_3d"])

@@ -9,7 +9,7 @@ from priors.hybrid import shared_noise, tile_views
 from priors.prior_2d import StableDiffusionSDS
 from priors.prior_3d import Zero123SDS
 from priors.text import PromptEncoder
-from priors.prior_3d import Zero123Parts
+from priors.zero123_parts import Zero123Parts
 
 
 def seeded(seed: int = 0) -> torch.Generator:
