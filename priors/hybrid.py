@@ -122,7 +122,7 @@ class HybridSDS:
     def __call__(self, images: torch.Tensor, embeddings: PromptEmbeddings, elevation: torch.Tensor,
                  azimuth: torch.Tensor, distance: torch.Tensor, term_2d: Term, term_3d: Term,
                  multiview_tiles: int = 1, generator: torch.Generator | None = None) -> HybridOutput:
-        """Hybrid SDS on [B,3,H,W] renders in [0,1] from cameras [B] (degrees, scene units).
+        """Hybrid SDS on [B, 3, H, W] renders in [0, 1] from cameras [B] (degrees, scene units).
 
         ``multiview_tiles > 1`` applies the multi-view trick to the 2D term (B must be a multiple);
         the 3D term is per view, since each view has its own relative camera.

@@ -75,7 +75,7 @@ class Zero123SDS:
 
     @torch.no_grad()
     def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
-        """Embed the reference photo [1,3,H,W] in [0,1] (white background) taken from the given camera."""
+        """Embed the reference photo [1, 3, H, W] in [0, 1] (white background) taken from the given camera."""
         p = self.parts
         img = F.interpolate(image, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
         size = p.image_encoder.config.image_size
@@ -88,7 +88,7 @@ class Zero123SDS:
 
     def encode_images(self, images: torch.Tensor, size: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable.
+        """[B, 3, H, W] renders in [0, 1] -> [B, 4, h, w] scaled latents (posterior sample), differentiable.
 
         Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`cond_size` (the
         reference's side, by default :attr:`native_size`: 256 for Zero-1-to-3), whatever the render size.
@@ -103,7 +103,7 @@ class Zero123SDS:
     @torch.no_grad()
     def predict_noise(self, latents_noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
                       guidance_scale: float) -> torch.Tensor:
-        """Guided noise prediction for [B,4,h,w] noisy latents seen from ``camera`` [B,1,4]."""
+        """Guided noise prediction for [B, 4, h, w] noisy latents seen from ``camera`` [B, 1, 4]."""
         if self.c_crossattn is None:
             raise RuntimeError("Zero123SDS.set_reference must be called before guidance")
         p, n = self.parts, latents_noisy.shape[0]
@@ -122,7 +122,7 @@ class Zero123SDS:
                  t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = None,
                  noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> sds.SDSOutput:
-        """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each).
+        """SDS on [B, 3, H, W] renders in [0, 1] from cameras given in degrees / scene units ([B] each).
 
         ``encode_size`` None encodes at :attr:`cond_size` (see :meth:`encode_images`).
         """

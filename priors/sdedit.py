@@ -80,7 +80,7 @@ class ControlNetSDEdit:
     def __call__(self, images: torch.Tensor, control: torch.Tensor, embeddings: PromptEmbeddings, strength: float,
                  num_inference_steps: int, guidance_scale: float = 7.5, conditioning_scale: float = 1.0,
                  size: int | None = 512, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Edit [B,3,H,W] renders in [0,1] under normal maps ``control`` [B,3,H,W] in [0,1].
+        """Edit [B, 3, H, W] renders in [0, 1] under normal maps ``control`` [B, 3, H, W] in [0, 1].
 
         Steps: 1. resize to ``size`` and encode; 2. DDIM timesteps from ``strength``; 3. noise the
         latent to the first of them (``add_noise``, DDPM eq. (4)); 4. guided DDIM steps (DDIM

@@ -141,7 +141,7 @@ def sd_parts(seed: int = 0, unet_in_channels: int = 4) -> SDParts:
 
 
 class TinySapiens(torch.nn.Module):
-    """Stand-in with Sapiens' interface: [B,3,1024,768] normalised image -> half-resolution map."""
+    """Stand-in with Sapiens' interface: [B, 3, 1024, 768] normalised image -> half-resolution map."""
 
     def __init__(self, out_channels: int):
         super().__init__()
