@@ -73,7 +73,8 @@ def untile_views(x: torch.Tensor, n_views: int) -> torch.Tensor:
 
 def shared_noise(groups: int, n_views: int, shape: tuple[int, int, int], generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Tiled noise [G, C, rows*h, cols*w] whose ``n_views`` tiles hold the same sample per group."""
+    """Tiled noise [G, C, rows*h, cols*w] whose ``n_views`` tiles hold the same sample per group, drawn on
+    ``device`` with diffusers' ``randn_tensor`` (a CPU generator draws on the CPU and is copied)."""
     eps = randn_tensor((groups, *shape), generator, torch.device(device))
     return tile_views(eps.repeat_interleave(n_views, dim=0), n_views)
 
