@@ -106,3 +106,19 @@ def test_no_source_draws_on_one_device_and_copies():
     offenders = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in sources
                  for m in DRAW_THEN_COPY.finditer(p.read_text())]
     assert offenders == [], "draw on the device that uses the numbers (stages.render.rng / randn_tensor)"
+
+
+@pytest.mark.requires_cuda
+def test_on_cuda_a_cuda_generator_draws_there_and_a_cpu_one_keeps_its_numbers():
+    near, far = torch.full((64,), 1.0, device="cuda"), torch.full((64,), 2.0, device="cuda")
+    g = torch.Generator("cuda").manual_seed(0)
+    starts, _ = stratified_samples(near, far, 16, generator=g)
+    assert starts.device.type == "cuda" and rng.draw_device(g, "cuda").type == "cuda"
+    again, _ = stratified_samples(near, far, 16, generator=torch.Generator("cuda").manual_seed(0))
+    assert torch.equal(starts, again)
+    on_cpu, _ = stratified_samples(near.cpu(), far.cpu(), 16, generator=seeded(0))
+    from_cpu_gen, _ = stratified_samples(near, far, 16, generator=seeded(0))
+    assert from_cpu_gen.device.type == "cuda"
+    torch.testing.assert_close(from_cpu_gen.cpu(), on_cpu)  # the same draws; kernels may round differently
+    cams = cameras.sample_orbit(4, generator=torch.Generator("cuda").manual_seed(1))
+    assert cams.c2w.device.type == "cpu"
