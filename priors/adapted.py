@@ -17,13 +17,13 @@ from priors.text import PromptEmbeddings
 
 
 def normal_image(normal: torch.Tensor, mask: torch.Tensor, background: float = 0.0) -> torch.Tensor:
-    """[B,3,H,W] camera-space unit normals in [-1,1] -> image in [0,1], ``background`` outside the mask."""
+    """[B, 3, H, W] camera-space unit normals in [-1, 1] -> image in [0, 1], ``background`` outside the mask."""
     return mask * (normal * 0.5 + 0.5) + (1.0 - mask) * background
 
 
 def depth_image(depth: torch.Tensor, mask: torch.Tensor, near_bright: bool = True, background: float = 0.0,
                 eps: float = 1e-6) -> torch.Tensor:
-    """[B,1,H,W] depth -> [B,3,H,W] image: min-max normalised inside the mask, per view.
+    """[B, 1, H, W] depth -> [B, 3, H, W] image: min-max normalised inside the mask, per view.
 
     With ``near_bright`` the nearest point is 1 (disparity-like, as depth-conditioned SD models
     are trained); outside the mask the image is ``background``. Differentiable in ``depth``.
@@ -89,8 +89,8 @@ class AdaptedGuidance:
     def normal_sds(self, normal: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings | None,
                    t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 512,
                    generator: torch.Generator | None = None, cameras: object | None = None) -> SDSOutput:
-        """SDS of the normal-adapted model on rendered camera-space normals [B,3,H,W] in [-1,1] with mask
-        [B,1,H,W]. ``embeddings`` None: the prompt given to :meth:`prepare`. ``cameras`` is unused here
+        """SDS of the normal-adapted model on rendered camera-space normals [B, 3, H, W] in [-1, 1] with mask
+        [B, 1, H, W]. ``embeddings`` None: the prompt given to :meth:`prepare`. ``cameras`` is unused here
         (see :meth:`priors.hybrid.HybridSDS.__call__`)."""
         embeddings = self._prepared("normal") if embeddings is None else embeddings
         return self.normal(normal_image(normal, mask), embeddings, t_range, guidance_scale, encode_size,
@@ -99,7 +99,7 @@ class AdaptedGuidance:
     def depth_sds(self, depth: torch.Tensor, mask: torch.Tensor, embeddings: PromptEmbeddings | None,
                   t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = 512,
                   generator: torch.Generator | None = None, cameras: object | None = None) -> SDSOutput:
-        """SDS of the depth-adapted model on rendered depth [B,1,H,W] with mask [B,1,H,W]
+        """SDS of the depth-adapted model on rendered depth [B, 1, H, W] with mask [B, 1, H, W]
         (``embeddings`` and ``cameras``: as in :meth:`normal_sds`)."""
         embeddings = self._prepared("depth") if embeddings is None else embeddings
         return self.depth(depth_image(depth, mask), embeddings, t_range, guidance_scale, encode_size,

@@ -10,8 +10,8 @@ class Config:
 
     weights_dir: str = ""
     """Local folder holding the weights (one sub-folder per hub id); empty: the Hugging Face cache."""
-    sd15: str = "runwayml/stable-diffusion-v1-5"
-    """SD 1.5 base: VAE, text encoder, tokenizer, scheduler."""
+    sd15: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """SD 1.5 base: VAE, text encoder, tokenizer, scheduler (a copy under the old id runwayml/... is found too)."""
     geneman_repo: str = "wwt117/GeneMAN"
     """Hugging Face dataset holding the GeneMAN 2D prior UNet, the 3D prior and tet grids."""
     prior_2d_subfolder: str = "pretrained_models/geneman-prior2d"

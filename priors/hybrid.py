@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 
 from priors.deferred import Deferred, resolve
 from priors.prior_2d import StableDiffusionSDS
@@ -72,8 +73,9 @@ def untile_views(x: torch.Tensor, n_views: int) -> torch.Tensor:
 
 def shared_noise(groups: int, n_views: int, shape: tuple[int, int, int], generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Tiled noise [G, C, rows*h, cols*w] whose ``n_views`` tiles hold the same sample per group."""
-    eps = torch.randn((groups, *shape), generator=generator).to(device)
+    """Tiled noise [G, C, rows*h, cols*w] whose ``n_views`` tiles hold the same sample per group, drawn on
+    ``device`` with diffusers' ``randn_tensor`` (a CPU generator draws on the CPU and is copied)."""
+    eps = randn_tensor((groups, *shape), generator, torch.device(device))
     return tile_views(eps.repeat_interleave(n_views, dim=0), n_views)
 
 
@@ -144,7 +146,7 @@ class HybridSDS:
                  azimuth: torch.Tensor, distance: torch.Tensor, term_2d: Term, term_3d: Term,
                  multiview_tiles: int = 1, generator: torch.Generator | None = None,
                  cameras: object | None = None) -> HybridOutput:
-        """Hybrid SDS on [B,3,H,W] renders in [0,1] from cameras [B] (degrees, scene units).
+        """Hybrid SDS on [B, 3, H, W] renders in [0, 1] from cameras [B] (degrees, scene units).
 
         ``multiview_tiles > 1`` applies the multi-view trick to the 2D term (B must be a multiple);
         the 3D term is per view, since each view has its own relative camera. ``embeddings`` None

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from priors import memory, sds
@@ -67,7 +68,7 @@ class StableDiffusionSDS:
 
     def encode_images(self, images: torch.Tensor, size: int | None = 512,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B,3,H,W] images in [0,1] -> [B,4,h,w] scaled latents, differentiable.
+        """[B, 3, H, W] images in [0, 1] -> [B, 4, h, w] scaled latents, differentiable.
 
         Args:
             images: renders in [0, 1].
@@ -86,7 +87,7 @@ class StableDiffusionSDS:
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B,4,h,w] scaled latents -> [B,3,H,W] images in [0,1]."""
+        """[B, 4, h, w] scaled latents -> [B, 3, H, W] images in [0, 1]."""
         image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         return (image.float() * 0.5 + 0.5).clamp(0, 1)
 
@@ -106,14 +107,14 @@ class StableDiffusionSDS:
                     generator: torch.Generator | None = None) -> sds.SDSOutput:
         """SDS on latents (DreamFusion eq. (3)).
 
-        Steps: 1. t ~ U[min_step, max_step] from ``t_range`` (unless given); 2. eps ~ N(0, I)
+        Steps: 1. t ~ U[min_step, max_step] from ``t_range`` (unless given); 2. eps ~ N(0, 1)
         (unless given); 3. z_t = sqrt(a_t) z + sqrt(1 - a_t) eps (scheduler ``add_noise``, DDPM
         eq. (4)); 4. guided eps_pred; 5. grad = w(t) (eps_pred - eps).
         """
         if t is None:
             t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+            noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
         latents_noisy = self.scheduler.add_noise(latents.detach(), noise, t)
         noise_pred = self.predict_noise(latents_noisy, t, embeddings, guidance_scale)
         return sds.sds_from_prediction(latents, noise, noise_pred, t, self.scheduler.alphas_cumprod, self.weighting)
@@ -121,7 +122,7 @@ class StableDiffusionSDS:
     def __call__(self, images: torch.Tensor, embeddings: PromptEmbeddings, t_range: tuple[float, float],
                  guidance_scale: float, encode_size: int | None = 512, noise: torch.Tensor | None = None,
                  t: torch.Tensor | None = None, generator: torch.Generator | None = None) -> sds.SDSOutput:
-        """SDS on renders: encode [B,3,H,W] images in [0,1], then :meth:`sds_latents`.
+        """SDS on renders: encode [B, 3, H, W] images in [0, 1], then :meth:`sds_latents`.
 
         The loss's gradient reaches ``images`` through the VAE encoder.
         """

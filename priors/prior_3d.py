@@ -8,62 +8,16 @@ azimuth change, distance change) and mapped by the learned linear ``cc_projectio
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionModelWithProjection
+from diffusers.utils.torch_utils import randn_tensor
 
-from priors import memory, sds
+from priors import memory, sds, zero123_ldm
 from priors.config import Config
+from priors.zero123_parts import Zero123Parts
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class Zero123Parts:
-    """The networks of a Zero-1-to-3 model in diffusers / transformers classes."""
-
-    unet: UNet2DConditionModel
-    """8-channel-input noise predictor."""
-    vae: AutoencoderKL
-    """Autoencoder (SD's)."""
-    image_encoder: CLIPVisionModelWithProjection
-    """CLIP image encoder (OpenAI ViT-L/14 in the real model)."""
-    cc_projection: torch.nn.Linear
-    """[image embedding, 4 camera numbers] -> context width."""
-    scheduler: DDIMScheduler
-    """Noise schedule from the LDM yaml."""
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write the diffusers-format folder :meth:`from_pretrained` reads."""
-        folder = Path(folder)
-        self.unet.save_pretrained(folder / "unet")
-        self.vae.save_pretrained(folder / "vae")
-        self.image_encoder.save_pretrained(folder / "image_encoder")
-        self.scheduler.save_pretrained(folder / "scheduler")
-        (folder / "cc_projection").mkdir(parents=True, exist_ok=True)
-        cfg = {"in_features": self.cc_projection.in_features, "out_features": self.cc_projection.out_features}
-        (folder / "cc_projection" / "config.json").write_text(json.dumps(cfg))
-        state = {k: v.contiguous() for k, v in self.cc_projection.state_dict().items()}
-        save_file(state, str(folder / "cc_projection" / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Zero123Parts":
-        """Load a folder written by :meth:`save_pretrained` (local files only)."""
-        folder = Path(folder)
-        cfg = json.loads((folder / "cc_projection" / "config.json").read_text())
-        proj = torch.nn.Linear(cfg["in_features"], cfg["out_features"])
-        proj.load_state_dict(load_file(str(folder / "cc_projection" / "model.safetensors")))
-        return cls(UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
-                   AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
-                   CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
-                   proj, DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True))
 
 
 def relative_camera(elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
@@ -107,7 +61,6 @@ class Zero123SDS:
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "Zero123SDS":
         """Load the 3D prior: a diffusers folder if ``cfg.prior_3d_diffusers`` is set, else the LDM files."""
-        from priors import zero123_ldm
         from priors.weights import all_weights, resolve
 
         root = resolve(cfg, all_weights(cfg)["prior_3d"])
@@ -122,7 +75,7 @@ class Zero123SDS:
 
     @torch.no_grad()
     def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
-        """Embed the reference photo [1,3,H,W] in [0,1] (white background) taken from the given camera."""
+        """Embed the reference photo [1, 3, H, W] in [0, 1] (white background) taken from the given camera."""
         p = self.parts
         img = F.interpolate(image, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
         size = p.image_encoder.config.image_size
@@ -135,7 +88,7 @@ class Zero123SDS:
 
     def encode_images(self, images: torch.Tensor, size: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B,3,H,W] renders in [0,1] -> [B,4,h,w] scaled latents (posterior sample), differentiable.
+        """[B, 3, H, W] renders in [0, 1] -> [B, 4, h, w] scaled latents (posterior sample), differentiable.
 
         Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`cond_size` (the
         reference's side, by default :attr:`native_size`: 256 for Zero-1-to-3), whatever the render size.
@@ -150,7 +103,7 @@ class Zero123SDS:
     @torch.no_grad()
     def predict_noise(self, latents_noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
                       guidance_scale: float) -> torch.Tensor:
-        """Guided noise prediction for [B,4,h,w] noisy latents seen from ``camera`` [B,1,4]."""
+        """Guided noise prediction for [B, 4, h, w] noisy latents seen from ``camera`` [B, 1, 4]."""
         if self.c_crossattn is None:
             raise RuntimeError("Zero123SDS.set_reference must be called before guidance")
         p, n = self.parts, latents_noisy.shape[0]
@@ -169,7 +122,7 @@ class Zero123SDS:
                  t_range: tuple[float, float], guidance_scale: float, encode_size: int | None = None,
                  noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> sds.SDSOutput:
-        """SDS on [B,3,H,W] renders in [0,1] from cameras given in degrees / scene units ([B] each).
+        """SDS on [B, 3, H, W] renders in [0, 1] from cameras given in degrees / scene units ([B] each).
 
         ``encode_size`` None encodes at :attr:`cond_size` (see :meth:`encode_images`).
         """
@@ -177,7 +130,7 @@ class Zero123SDS:
         if t is None:
             t = sds.sample_timesteps(latents.shape[0], t_range, self.num_train_timesteps, generator, latents.device)
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            noise = randn_tensor(latents.shape, generator, latents.device)
         latents_noisy = self.parts.scheduler.add_noise(latents.detach(), noise, t)
         camera = relative_camera(elevation, azimuth, distance, self.ref).to(latents.device)
         noise_pred = self.predict_noise(latents_noisy, t, camera, guidance_scale)

@@ -1,6 +1,6 @@
 """Sapiens depth and normal estimation for preprocess (Khirodkar et al., arXiv 2408.12569).
 
-The released TorchScript files take a [B,3,1024,768] image normalised with Sapiens' mean / std
+The released TorchScript files take a [B, 3, 1024, 768] image normalised with Sapiens' mean / std
 (RGB, 0..255 scale) and return a lower-resolution map, resized back to the input here and masked.
 """
 from __future__ import annotations
@@ -48,9 +48,9 @@ class SapiensEstimator:
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] image in [0,1] and [B,1,H,W] mask -> normal [B,3,H,W] or depth [B,1,H,W], zero outside.
+        """[B, 3, H, W] image in [0, 1] and [B, 1, H, W] mask -> normal [B, 3, H, W] or depth [B, 1, H, W], zero outside.
 
-        Normals are unit vectors; depth is min-max normalised to [0,1] inside the mask.
+        Normals are unit vectors; depth is min-max normalised to [0, 1] inside the mask.
         """
         h, w = image.shape[-2:]
         x = F.interpolate(image, INPUT_SIZE, mode="bilinear", align_corners=False)

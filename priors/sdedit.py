@@ -12,6 +12,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 
 from priors import memory, sds
 from priors.config import Config
@@ -79,7 +80,7 @@ class ControlNetSDEdit:
     def __call__(self, images: torch.Tensor, control: torch.Tensor, embeddings: PromptEmbeddings, strength: float,
                  num_inference_steps: int, guidance_scale: float = 7.5, conditioning_scale: float = 1.0,
                  size: int | None = 512, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Edit [B,3,H,W] renders in [0,1] under normal maps ``control`` [B,3,H,W] in [0,1].
+        """Edit [B, 3, H, W] renders in [0, 1] under normal maps ``control`` [B, 3, H, W] in [0, 1].
 
         Steps: 1. resize to ``size`` and encode; 2. DDIM timesteps from ``strength``; 3. noise the
         latent to the first of them (``add_noise``, DDPM eq. (4)); 4. guided DDIM steps (DDIM
@@ -94,7 +95,7 @@ class ControlNetSDEdit:
             control = F.interpolate(control, (size, size), mode="bilinear", align_corners=False)
         vae, n = self.vae, images.shape[0]
         z = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
-        noise = torch.randn(z.shape, generator=generator).to(z.device)
+        noise = randn_tensor(z.shape, generator, z.device)
         z = self.scheduler.add_noise(z, noise, steps[:1].repeat(n))
         ctx = embeddings.batch(n).to(device=z.device, dtype=self.unet.dtype)
         cond = torch.cat([control] * 2).to(self.controlnet.dtype)

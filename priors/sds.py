@@ -50,7 +50,9 @@ def sample_timesteps(batch: int, t_range: tuple[float, float], num_train_timeste
     lo, hi = timestep_bounds(t_range, num_train_timesteps)
     hi = min(hi, num_train_timesteps - 1)
     lo = min(lo, hi)
-    t = torch.randint(lo, hi + 1, (batch,), generator=generator, dtype=torch.long)
+    # drawn where the generator lives (diffusers' ``randn_tensor`` rule), else on ``device``
+    where = generator.device if generator is not None else torch.device(device)
+    t = torch.randint(lo, hi + 1, (batch,), generator=generator, dtype=torch.long, device=where)
     return t.to(device)
 
 

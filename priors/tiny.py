@@ -141,7 +141,7 @@ def sd_parts(seed: int = 0, unet_in_channels: int = 4) -> SDParts:
 
 
 class TinySapiens(torch.nn.Module):
-    """Stand-in with Sapiens' interface: [B,3,1024,768] normalised image -> half-resolution map."""
+    """Stand-in with Sapiens' interface: [B, 3, 1024, 768] normalised image -> half-resolution map."""
 
     def __init__(self, out_channels: int):
         super().__init__()
@@ -166,8 +166,8 @@ def write_weights(folder: str | Path, seed: int = 0) -> Config:
     loading code (:class:`priors.registry.PriorSet`) runs end to end without downloads.
     """
     from priors.prior_2d import save_sd_parts
-    from priors.prior_3d import Zero123Parts
     from priors.text import PromptEncoder
+    from priors.zero123_parts import Zero123Parts
 
     cfg = Config(weights_dir=str(folder), prior_3d_diffusers="tiny/geneman-prior3d")
     root = Path(folder)

@@ -4,11 +4,15 @@ Every weight is named by a hub id and the files inside it. A weight is found eit
 ``<weights_dir>/<hub id>/<file>`` (when ``Config.weights_dir`` is set) or in the Hugging Face
 cache. Loading code only ever reads a local folder returned by :func:`resolve`; a missing file
 raises :class:`MissingWeightError` naming the id, the file and the folder expected.
+
+A weight whose hub id changed (:data:`RENAMED_IDS`) is named and fetched by its current id, and a
+copy a user already has under its old id (in the weights folder or the cache) is still found:
+the :class:`CheckRow` then says which old id (``alias``).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,9 @@ from priors.config import Config
 
 STAGES = ("preprocess", "geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine")
 """Stage names as the run store names its folders (without the number)."""
+
+RENAMED_IDS = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+"""Hub ids that moved, old id -> current id (runwayml's SD 1.5 left the Hub in 2024)."""
 
 _UNET = (("unet/config.json",), ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"))
 _SD_PARTS = (
@@ -57,11 +64,34 @@ class CheckRow:
     """Required files not found (alternatives joined by ``|``)."""
     optional: bool = False
     """The run goes on without this weight (Sapiens with ``sapiens_optional``)."""
+    alias: str | None = None
+    """Old hub id the copy was found under (see :data:`RENAMED_IDS`); None: found, or looked for,
+    under ``spec.repo_id``."""
 
     @property
     def found(self) -> bool:
         """True when every required file exists."""
         return not self.missing
+
+
+def current_id(repo_id: str) -> str:
+    """The id a weight lives under on the Hub now.
+
+    Example:
+        >>> current_id("runwayml/stable-diffusion-v1-5"), current_id("wwt117/GeneMAN")
+        ('stable-diffusion-v1-5/stable-diffusion-v1-5', 'wwt117/GeneMAN')
+    """
+    return RENAMED_IDS.get(repo_id, repo_id)
+
+
+def old_ids(repo_id: str) -> list[str]:
+    """Former ids of the weight now named ``repo_id``, where an older copy may still be.
+
+    Example:
+        >>> old_ids("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        ['runwayml/stable-diffusion-v1-5']
+    """
+    return [old for old, new in RENAMED_IDS.items() if new == current_id(repo_id)]
 
 
 def _sd_spec(key: str, repo: str, purpose: str, unet: bool = True, controlnet: bool = False) -> WeightSpec:
@@ -84,7 +114,7 @@ def all_weights(cfg: Config) -> dict[str, WeightSpec]:
     else:
         p3 = WeightSpec("prior_3d", cfg.geneman_repo, ((cfg.prior_3d_ckpt,), (cfg.prior_3d_yaml,)),
                         "GeneMAN 3D prior (LDM format, Zero-1-to-3)", "dataset")
-    return {
+    specs = {
         "sd15": _sd_spec("sd15", cfg.sd15, "SD 1.5 VAE, text encoder, tokenizer, scheduler", unet=False),
         "prior_2d": WeightSpec("prior_2d", cfg.geneman_repo, unet_2d, "GeneMAN 2D prior UNet", "dataset"),
         "prior_3d": p3,
@@ -99,6 +129,7 @@ def all_weights(cfg: Config) -> dict[str, WeightSpec]:
         "sapiens_depth": WeightSpec("sapiens_depth", cfg.sapiens_depth, ((cfg.sapiens_depth_file,),),
                                     "Sapiens depth estimator"),
     }
+    return {k: replace(s, repo_id=current_id(s.repo_id)) for k, s in specs.items()}
 
 
 STAGE_WEIGHTS = {
@@ -175,7 +206,22 @@ def _cache_root(spec: WeightSpec, alternatives: tuple[str, ...]) -> Path | None:
 
 
 def check_one(cfg: Config, spec: WeightSpec) -> CheckRow:
-    """Look for every file of ``spec``; the row names the folder and the missing files."""
+    """Look for every file of ``spec``; the row names the folder and the missing files.
+
+    A complete copy under one of the id's :func:`old_ids` is used when the current id has none;
+    the row then names that copy's folder and the old id (``alias``). Otherwise the row is the
+    current id's, so a missing weight is reported (and pulled) under the current id.
+    """
+    row = _look_for(cfg, spec)
+    if row.found:
+        return row
+    for old in old_ids(spec.repo_id):
+        if old != spec.repo_id and (found := _look_for(cfg, replace(spec, repo_id=old))).found:
+            return CheckRow(spec, found.folder, alias=old)
+    return row
+
+
+def _look_for(cfg: Config, spec: WeightSpec) -> CheckRow:
     if cfg.weights_dir or os.path.isabs(spec.repo_id):
         root = local_folder(cfg, spec)
         missing = ["|".join(alts) for alts in spec.files if not any((root / a).is_file() for a in alts)]
@@ -202,10 +248,12 @@ def check(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: An
 
 def format_report(rows: list[CheckRow]) -> str:
     """Table of found / missing weights with the exact folder layout expected for missing ones."""
-    lines = [f"{'network':<18} {'status':<8} {'id':<42} folder"]
+    lines = [f"{'network':<18} {'status':<8} {'id':<44} folder"]
     for row in rows:
         status = "found" if row.found else ("optional" if row.optional else "MISSING")
-        lines.append(f"{row.spec.key:<18} {status:<8} {row.spec.repo_id:<42} {row.folder}")
+        lines.append(f"{row.spec.key:<18} {status:<8} {row.spec.repo_id:<44} {row.folder}")
+        if row.alias:
+            lines.append(f"{'':<28}found under the old id {row.alias} (now {row.spec.repo_id})")
         for rel in row.missing:
             lines.append(f"{'':<28}missing file: {rel}")
     n_missing = sum(not r.found and not r.optional for r in rows)
@@ -277,7 +325,8 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any
     report = []
     for row in check(cfg, stages, run_cfg):
         if row.found:
-            report.append(f"{row.spec.key}: already present in {row.folder}")
+            old = f" (under the old id {row.alias})" if row.alias else ""
+            report.append(f"{row.spec.key}: already present in {row.folder}{old}")
             continue
         local = str(local_folder(cfg, row.spec)) if cfg.weights_dir else None
         try:

@@ -18,7 +18,7 @@ from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, co
                                                  create_vae_diffusers_config_from_ldm)
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from priors.prior_3d import Zero123Parts
+from priors.zero123_parts import Zero123Parts
 
 log = logging.getLogger(__name__)
 CLIP_PREFIX = "cond_stage_model.model.visual."

@@ -203,9 +203,9 @@ def regularisers(field: DensityField, out: dict[str, Tensor], cfg: Config, w: di
     if active(w, "3d_normal_smooth") and out["sample_point"].shape[0]:
         pts = out["sample_point"]
         pick = torch.randint(0, pts.shape[0], (min(cfg.smooth_points, pts.shape[0]),), generator=gen,
-                             device=gen.device).to(pts.device)
+                             device=pts.device)
         p = pts[pick].detach()
-        jitter = torch.randn(p.shape, generator=gen, device=gen.device).to(p.device) * cfg.smooth_eps
+        jitter = torch.randn(p.shape, generator=gen, device=p.device) * cfg.smooth_eps
         n0 = density_normals(field.density, p, cfg.normal_type)
         n1 = density_normals(field.density, p + jitter, cfg.normal_type)
         losses["3d_normal_smooth"] = L.normal_smoothness_3d(n0, n1)

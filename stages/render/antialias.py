@@ -29,8 +29,8 @@ class Topology:
     """Edge adjacency of a triangle mesh.
 
     Attributes:
-        face_edges: (F, 3) edge id of the edge opposite each face corner.
-        edge_faces: (E, 2) the faces on each edge, -1 where an edge has one face only.
+        face_edges: [F, 3] edge id of the edge opposite each face corner.
+        edge_faces: [E, 2] the faces on each edge, -1 where an edge has one face only.
         closed: every edge has exactly two faces that run along it in opposite directions (a closed,
             consistently oriented surface).
     """
@@ -41,7 +41,7 @@ class Topology:
 
 
 def build_topology(tri: Tensor) -> Topology:
-    """Edge adjacency of ``tri`` (F, 3); compute once per mesh and pass to :func:`antialias`.
+    """Edge adjacency of ``tri`` [F, 3]; compute once per mesh and pass to :func:`antialias`.
 
     Example:
         >>> quad = build_topology(torch.tensor([[0, 1, 2], [0, 2, 3]]))  # two triangles sharing edge 0-2
@@ -52,7 +52,7 @@ def build_topology(tri: Tensor) -> Topology:
     """
     tri = tri.long()
     n = tri.shape[0]
-    corners = torch.stack([tri.roll(-1, 1), tri.roll(-2, 1)], dim=-1).reshape(-1, 2)  # (3F, 2)
+    corners = torch.stack([tri.roll(-1, 1), tri.roll(-2, 1)], dim=-1).reshape(-1, 2)  # [3F, 2]
     corners = corners.sort(dim=1).values
     key = corners[:, 0] * (int(tri.max()) + 1) + corners[:, 1]
     edges, inverse = torch.unique(key, return_inverse=True)
@@ -72,7 +72,7 @@ def build_topology(tri: Tensor) -> Topology:
 
 
 def _silhouette_edges(pos_ndc: Tensor, tri: Tensor, topo: Topology) -> Tensor:
-    """(E,) bool: boundary edges and edges between front- and back-facing triangles."""
+    """[E] bool: boundary edges and edges between front- and back-facing triangles."""
     v = pos_ndc[tri]
     e1, e2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
     facing = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) > 0
@@ -85,15 +85,15 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
     """Blend colours across silhouette edges so that their position is differentiable.
 
     Args:
-        color: (B, H, W, C) shaded image (e.g. interpolated attributes or a mask).
-        rast: (B, H, W, 4) from :func:`stages.render.rasterize.rasterize` of ``pos``.
-        pos: (B, V, 4) clip-space positions (gradients flow to them).
-        tri: (F, 3) vertex indices.
+        color: [B, H, W, C] shaded image (e.g. interpolated attributes or a mask).
+        rast: [B, H, W, 4] from :func:`stages.render.rasterize.rasterize` of ``pos``.
+        pos: [B, V, 4] clip-space positions (gradients flow to them).
+        tri: [F, 3] vertex indices.
         topology: :func:`build_topology` of ``tri`` (built here when None).
         backend: ``auto`` / ``torch`` / ``nvdiffrast``.
 
     Returns:
-        (B, H, W, C) antialiased image.
+        [B, H, W, C] antialiased image.
 
     Example:
         A triangle whose right edge is vertical at NDC x = 0.125, i.e. a quarter into pixel 2 of a
@@ -130,7 +130,7 @@ def _pair_deltas(color: Tensor, rast: Tensor, ndc: Tensor, tri: Tensor, topo: To
                  axis: int):
     """Colour changes for one image along one axis (1: vertical pairs, 2: horizontal pairs).
 
-    Returns flat target pixel indices (N,) and colour deltas (N, C).
+    Returns flat target pixel indices [N] and colour deltas [N, C].
     """
     h, w = rast.shape[:2]
     face = rast[..., 3].long() - 1
@@ -162,17 +162,17 @@ def _pair_deltas(color: Tensor, rast: Tensor, ndc: Tensor, tri: Tensor, topo: To
 
 
 def _exit_crossing(ndc: Tensor, corners: Tensor, front: Tensor, other: Tensor, h: int, w: int):
-    """Where the segment from pixel ``front`` to pixel ``other`` leaves the triangle ``corners`` (N, 3).
+    """Where the segment from pixel ``front`` to pixel ``other`` leaves the triangle ``corners`` [N, 3].
 
-    Returns the crossing parameter t (N,), differentiable in ``ndc`` (inf when it never leaves), and
-    the index (N,) of the crossed edge, named by the opposite corner.
+    Returns the crossing parameter t [N], differentiable in ``ndc`` (inf when it never leaves), and
+    the index [N] of the crossed edge, named by the opposite corner.
     """
     def centre(p):
         x = (p % w).to(ndc.dtype) + 0.5
         y = torch.div(p, w, rounding_mode="floor").to(ndc.dtype) + 0.5
         return torch.stack([x * (2 / w) - 1, y * (2 / h) - 1], dim=-1)
 
-    v = ndc[corners]  # (N, 3, 2)
+    v = ndc[corners]  # [N, 3, 2]
     v1, v2 = v.roll(-1, 1), v.roll(-2, 1)
 
     def edge_fn(p):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stages.render import rng
+
 PARTS = ("full", "head", "upper", "lower")
 """Part names of :func:`sample_part_cameras`, in the order of its ``ratios`` and ``centres``."""
 
@@ -24,12 +26,12 @@ class Cameras:
     """A batch of pinhole cameras.
 
     Attributes:
-        c2w: (B, 4, 4) camera-to-world matrices (OpenGL camera axes).
-        fovy: (B,) vertical field of view, degrees.
-        elevation: (B,) degrees, relative to ``target``.
-        azimuth: (B,) degrees, relative to ``target``.
-        distance: (B,) distance from ``target``.
-        target: (B, 3) point the camera looks at.
+        c2w: [B, 4, 4] camera-to-world matrices (OpenGL camera axes).
+        fovy: [B] vertical field of view, degrees.
+        elevation: [B] degrees, relative to ``target``.
+        azimuth: [B] degrees, relative to ``target``.
+        distance: [B] distance from ``target``.
+        target: [B, 3] point the camera looks at.
     """
 
     c2w: Tensor
@@ -53,19 +55,19 @@ class Cameras:
 
     @property
     def position(self) -> Tensor:
-        """(B, 3) camera centres in world space."""
+        """[B, 3] camera centres in world space."""
         return self.c2w[:, :3, 3]
 
     def w2c(self) -> Tensor:
-        """(B, 4, 4) world-to-camera matrices."""
+        """[B, 4, 4] world-to-camera matrices."""
         return torch.linalg.inv(self.c2w)
 
     def mvp(self, aspect: float = 1.0, near: float = 0.01, far: float = 100.0) -> Tensor:
-        """(B, 4, 4) model-view-projection matrices for :func:`stages.render.rasterize.rasterize`."""
+        """[B, 4, 4] model-view-projection matrices for :func:`stages.render.rasterize.rasterize`."""
         return projection(self.fovy, aspect, near, far) @ self.w2c()
 
     def rays(self, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """Per-pixel rays: origins and unit directions, each (B, H, W, 3), in world space."""
+        """Per-pixel rays: origins and unit directions, each [B, H, W, 3], in world space."""
         return get_rays(self.c2w, self.fovy, height, width)
 
 
@@ -81,7 +83,7 @@ def focal_length(fovy_deg: Tensor | float, height: int) -> Tensor:
 
 
 def intrinsics(fovy_deg: Tensor | float, height: int, width: int) -> Tensor:
-    """Pinhole intrinsics ``K`` ((3, 3), or (B, 3, 3) for a batch of fovy) with square pixels."""
+    """Pinhole intrinsics ``K`` ([3, 3], or [B, 3, 3] for a batch of fovy) with square pixels."""
     f = focal_length(fovy_deg, height)
     k = torch.zeros(*f.shape, 3, 3)
     k[..., 0, 0] = f
@@ -93,10 +95,10 @@ def intrinsics(fovy_deg: Tensor | float, height: int, width: int) -> Tensor:
 
 
 def projection(fovy_deg: Tensor, aspect: float = 1.0, near: float = 0.01, far: float = 100.0) -> Tensor:
-    """OpenGL perspective matrices (B, 4, 4) with y flipped (images top row first).
+    """OpenGL perspective matrices [B, 4, 4] with y flipped (images top row first).
 
     Args:
-        fovy_deg: (B,) vertical field of view, degrees.
+        fovy_deg: [B] vertical field of view, degrees.
         aspect: width / height.
         near, far: clip planes.
     """
@@ -112,7 +114,7 @@ def projection(fovy_deg: Tensor, aspect: float = 1.0, near: float = 0.01, far: f
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
-    """Camera-to-world matrices (B, 4, 4) for cameras at ``eye`` (B, 3) looking at ``target`` (B, 3).
+    """Camera-to-world matrices [B, 4, 4] for cameras at ``eye`` [B, 3] looking at ``target`` [B, 3].
 
     ``up`` defaults to +z. Columns of the rotation are right, up, back (the camera looks along -z).
 
@@ -133,7 +135,7 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
 
 
 def orbit_position(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor) -> Tensor:
-    """Offsets (B, 3) from the target of orbit cameras (z-up, azimuth 0 on +x)."""
+    """Offsets [B, 3] from the target of orbit cameras (z-up, azimuth 0 on +x)."""
     e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
     return torch.stack([distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a),
                         distance * torch.sin(e)], dim=-1)
@@ -141,7 +143,7 @@ def orbit_position(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor)
 
 def orbit_cameras(elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: Tensor,
                   target: Tensor | None = None) -> Cameras:
-    """Cameras (batch B) on orbits around ``target`` (B, 3), default the origin; angles in degrees."""
+    """Cameras (batch B) on orbits around ``target`` [B, 3], default the origin; angles in degrees."""
     elevation, azimuth, distance, fovy = (torch.as_tensor(v, dtype=torch.float32).reshape(-1)
                                           for v in (elevation, azimuth, distance, fovy))
     if target is None:
@@ -173,7 +175,7 @@ def turntable(n_views: int = 120, elevation: float = 0.0, distance: float = 3.0,
 
 def _uniform(batch: int, bounds, generator: torch.Generator | None) -> Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
-    return lo + (hi - lo) * torch.rand(batch, generator=generator)
+    return lo + (hi - lo) * rng.rand((batch,), generator, "cpu")
 
 
 def sample_orbit(batch: int, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0),
@@ -196,7 +198,7 @@ def sample_part_cameras(batch: int, centres: Tensor, ratios=(0.7, 0.1, 0.1, 0.1)
 
     Args:
         batch: number of cameras.
-        centres: (4, 3) look-at targets of full / head / upper / lower body (order of :data:`PARTS`).
+        centres: [4, 3] look-at targets of full / head / upper / lower body (order of :data:`PARTS`).
         ratios: probabilities of the four parts.
         full_distance_range, head_distance_range, half_distance_range: camera distances per part
             (upper and lower body share ``half_distance_range``).
@@ -204,14 +206,15 @@ def sample_part_cameras(batch: int, centres: Tensor, ratios=(0.7, 0.1, 0.1, 0.1)
         generator: random generator.
 
     Returns:
-        The cameras and (B,) part indices into :data:`PARTS`.
+        The cameras and [B] part indices into :data:`PARTS`.
     """
     assert centres.shape == (4, 3), centres.shape
     probs = torch.as_tensor(ratios, dtype=torch.float32)
-    part = torch.multinomial(probs / probs.sum(), batch, replacement=True, generator=generator)
+    probs = (probs / probs.sum()).to(rng.draw_device(generator, "cpu"))
+    part = torch.multinomial(probs, batch, replacement=True, generator=generator).cpu()
     ranges = torch.tensor([full_distance_range, head_distance_range, half_distance_range, half_distance_range],
                           dtype=torch.float32)[part]
-    distance = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * torch.rand(batch, generator=generator)
+    distance = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * rng.rand((batch,), generator, "cpu")
     cams = orbit_cameras(_uniform(batch, elevation_range, generator), _uniform(batch, azimuth_range, generator),
                          distance, _uniform(batch, fovy_range, generator), target=centres[part].float())
     return cams, part
@@ -221,12 +224,12 @@ def get_rays(c2w: Tensor, fovy_deg: Tensor, height: int, width: int) -> tuple[Te
     """Rays through pixel centres, top row first.
 
     Args:
-        c2w: (B, 4, 4) camera-to-world matrices.
-        fovy_deg: (B,) vertical field of view, degrees.
+        c2w: [B, 4, 4] camera-to-world matrices.
+        fovy_deg: [B] vertical field of view, degrees.
         height, width: image size.
 
     Returns:
-        origins (B, H, W, 3) and unit directions (B, H, W, 3).
+        origins [B, H, W, 3] and unit directions [B, H, W, 3].
     """
     assert c2w.shape[1:] == (4, 4), c2w.shape
     f = focal_length(fovy_deg, height).to(c2w).reshape(-1, 1, 1)

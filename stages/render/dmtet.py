@@ -32,10 +32,10 @@ def grid_vertices(resolution: int, bound: float = 1.0) -> Tensor:
 
 
 def cube_tets(cubes: Tensor, resolution: int) -> Tensor:
-    """Tetrahedra (6 C, 4) of cubes given by their lowest-corner lattice coordinates (C, 3)."""
+    """Tetrahedra [6 C, 4] of cubes given by their lowest-corner lattice coordinates [C, 3]."""
     n = resolution + 1
     bits = torch.tensor([[c & 1, c >> 1 & 1, c >> 2 & 1] for c in range(8)], device=cubes.device)
-    corners = cubes[:, None, :] + bits  # (C, 8, 3)
+    corners = cubes[:, None, :] + bits  # [C, 8, 3]
     vid = (corners[..., 0] * n + corners[..., 1]) * n + corners[..., 2]
     return vid[:, _CUBE_TETS.to(cubes.device)].reshape(-1, 4)
 
@@ -44,7 +44,7 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Tensor, Tensor]:
     """A conforming tetrahedral grid of [-bound, bound]^3 with ``resolution`` cubes per axis.
 
     Returns:
-        vertices ((R + 1)^3, 3) and tetrahedra (6 R^3, 4) int64.
+        vertices [(R + 1)^3, 3] and tetrahedra [6 R^3, 4] int64.
 
     Example:
         >>> v, t = tet_grid(2)
@@ -60,12 +60,12 @@ def marching_tets(verts: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Tensor, Ten
     """Extract the zero level set of ``sdf`` over a tet mesh; differentiable in ``verts`` and ``sdf``.
 
     Args:
-        verts: (V, 3) (deformed) tet-grid vertices.
-        tets: (T, 4) vertex indices.
-        sdf: (V,) signed distance, negative inside.
+        verts: [V, 3] (deformed) tet-grid vertices.
+        tets: [T, 4] vertex indices.
+        sdf: [V] signed distance, negative inside.
 
     Returns:
-        mesh vertices (M, 3), one per crossed grid edge, and faces (K, 3) int64.
+        mesh vertices [M, 3], one per crossed grid edge, and faces [K, 3] int64.
     """
     assert verts.shape[0] == sdf.shape[0] and tets.shape[-1] == 4, (verts.shape, sdf.shape, tets.shape)
     dev = verts.device
@@ -94,7 +94,7 @@ def marching_tets(verts: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Tensor, Ten
 
 
 def _table_faces(edge_vert: Tensor, code: Tensor) -> Tensor:
-    """Triangles (K, 3) from per-tet mesh-vertex ids of the 6 edges (T, 6) and case codes (T,)."""
+    """Triangles [K, 3] from per-tet mesh-vertex ids of the 6 edges [T, 6] and case codes [T]."""
     table = TRIANGLE_TABLE.to(code.device)[code]
     n = NUM_TRIANGLES.to(code.device)[code]
     one = torch.gather(edge_vert[n == 1], 1, table[n == 1][:, :3])

@@ -14,10 +14,10 @@ def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> tr
     """A trimesh with a PBR-free simple material.
 
     Args:
-        verts: (V, 3) vertices, already split along UV seams.
-        faces: (F, 3) triangles.
-        uvs: (V, 2) per-vertex texture coordinates (``v`` up).
-        texture: (H, W, 3) or (H, W, 4) colours in [0, 1], row 0 at ``v = 1``.
+        verts: [V, 3] vertices, already split along UV seams.
+        faces: [F, 3] triangles.
+        uvs: [V, 2] per-vertex texture coordinates (``v`` up).
+        texture: [H, W, 3] or [H, W, 4] colours in [0, 1], row 0 at ``v = 1``.
 
     Example:
         >>> tri = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
@@ -72,7 +72,7 @@ def load_textured(path: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Load a GLB or OBJ written by this module.
 
     Returns:
-        verts (V, 3), faces (F, 3), uvs (V, 2) and texture (H, W, C) in [0, 1].
+        verts [V, 3], faces [F, 3], uvs [V, 2] and texture [H, W, C] in [0, 1].
 
     Example:
         >>> import tempfile

@@ -59,7 +59,7 @@ def density_activation(raw: Tensor, kind: str) -> Tensor:
 
 
 def blob_density_bias(x: Tensor, scale: float, std: float) -> Tensor:
-    """Magic3D's initial density blob ``scale * (1 - |x| / std)`` added to the raw density (N,)."""
+    """Magic3D's initial density blob ``scale * (1 - |x| / std)`` added to the raw density [N]."""
     return scale * (1 - x.norm(dim=-1) / std)
 
 
@@ -101,20 +101,20 @@ class DensityField(nn.Module):
         return raw
 
     def density(self, x: Tensor) -> Tensor:
-        """(N,) non-negative density at points ``x`` (N, 3)."""
+        """[N] non-negative density at points ``x`` [N, 3]."""
         return density_activation(self._raw(x)[:, 0], self.activation)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Density (N,) and albedo (N, 3) in [0, 1] at points ``x`` (N, 3)."""
+        """Density [N] and albedo [N, 3] in [0, 1] at points ``x`` [N, 3]."""
         raw = self._raw(x)
         return density_activation(raw[:, 0], self.activation), torch.sigmoid(raw[:, 1:])
 
 
 def density_normals(density_fn, x: Tensor, mode: str = "finite_difference", eps: float = 1e-2) -> Tensor:
-    """Unit normals (N, 3) as the negative, normalised density gradient at ``x`` (N, 3).
+    """Unit normals [N, 3] as the negative, normalised density gradient at ``x`` [N, 3].
 
     Args:
-        density_fn: callable (N, 3) -> (N,).
+        density_fn: callable [N, 3] -> [N].
         x: points.
         mode: ``analytic`` (autograd, differentiable again) or ``finite_difference`` (central
             differences with step ``eps``, the release's default).
@@ -126,7 +126,7 @@ def density_normals(density_fn, x: Tensor, mode: str = "finite_difference", eps:
             grad, = torch.autograd.grad(density_fn(xg).sum(), xg, create_graph=torch.is_grad_enabled())
     elif mode == "finite_difference":
         offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
-        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1)  # (N, 6, 3)
+        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1)  # [N, 6, 3]
         d = density_fn(pts.reshape(-1, 3)).reshape(-1, 2, 3)
         grad = (d[:, 0] - d[:, 1]) / (2 * eps)
     else:

@@ -87,11 +87,11 @@ def corner_indices(x: Tensor, scales: list[float], res: list[int], sizes: list[i
     times slower on CPU), in int32: the hash's uint32 products wrap the same way in two's complement.
 
     Args:
-        x: (N, 3) points in [0, 1].
+        x: [N, 3] points in [0, 1].
         scales, res, sizes, offsets, hashed: per-level layout from :func:`level_layout`.
 
     Returns:
-        indices (L, 8, N) int32 rows of the concatenated table, weights (L, 8, N) (differentiable in x).
+        indices [L, 8, N] int32 rows of the concatenated table, weights [L, 8, N] (differentiable in x).
     """
     n = x.shape[0]
     xt = x.t().contiguous()
@@ -147,7 +147,7 @@ class _HashGather(torch.autograd.Function):
 
 
 def _weighted_sum(rows: Tensor, w: Tensor) -> Tensor:
-    """(L, 8, N, F) corner rows and (L, 8, N) weights -> (L, N, F)."""
+    """[L, 8, N, F] corner rows and [L, 8, N] weights -> [L, N, F]."""
     out = rows[:, 0] * w[:, 0, :, None]
     for k in range(1, 8):
         out = out + rows[:, k] * w[:, k, :, None]
@@ -155,7 +155,7 @@ def _weighted_sum(rows: Tensor, w: Tensor) -> Tensor:
 
 
 def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
-    """``table[idx]`` for a (T, 2) float32 table read as one 8-byte word per row (fewer cache misses)."""
+    """``table[idx]`` for a [T, 2] float32 table read as one 8-byte word per row (fewer cache misses)."""
     if table.shape[1] == 2 and table.dtype == torch.float32 and table.is_contiguous():
         words = table.view(torch.float64).reshape(-1).index_select(0, idx.reshape(-1))
         return words.view(torch.float32).reshape(*idx.shape, 2)
@@ -163,7 +163,7 @@ def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
 
 
 def _to_features(levels: Tensor) -> Tensor:
-    """(L, N, F) per-level features -> (N, L * F)."""
+    """[L, N, F] per-level features -> [N, L * F]."""
     return levels.permute(1, 0, 2).reshape(levels.shape[1], levels.shape[0] * levels.shape[2])
 
 
@@ -220,11 +220,11 @@ class HashGrid(nn.Module):
         faster on CPU. Both give the same values (tested).
 
         Args:
-            x: (N, 3) points in [0, 1] (outside, the grid wraps like tiny-cuda-nn's).
+            x: [N, 3] points in [0, 1] (outside, the grid wraps like tiny-cuda-nn's).
             n_active: levels kept; the others' features are zero (default: all).
 
         Returns:
-            (N, n_levels * features_per_level) features, coarse levels first.
+            [N, n_levels * features_per_level] features, coarse levels first.
         """
         assert x.dim() == 2 and x.shape[1] == 3, x.shape
         if self._use_tcnn(x):

@@ -10,7 +10,7 @@ from torch import Tensor
 
 
 def grid_points(resolution: int, bound: float = 1.0) -> Tensor:
-    """(R^3, 3) points of an R-per-axis lattice over [-bound, bound]^3, x slowest (``ij`` order).
+    """[R^3, 3] points of an R-per-axis lattice over [-bound, bound]^3, x slowest (``ij`` order).
 
     Example:
         >>> grid_points(2).tolist()[:3]
@@ -23,7 +23,7 @@ def grid_points(resolution: int, bound: float = 1.0) -> Tensor:
 @torch.no_grad()
 def evaluate_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float = 1.0,
                   chunk: int = 2**18, device: str | torch.device = "cpu") -> Tensor:
-    """Values (R, R, R) of a scalar field ``fn`` (N, 3) -> (N,) on :func:`grid_points`.
+    """Values [R, R, R] of a scalar field ``fn`` [N, 3] -> [N] on :func:`grid_points`.
 
     Example:
         >>> values = evaluate_grid(lambda p: p[:, 0], 3)  # the field x
@@ -40,13 +40,13 @@ def marching_cubes(values: Tensor, level: float, bound: float = 1.0,
     """Iso-surface of a sampled field as a mesh with outward (counter-clockwise) triangles.
 
     Args:
-        values: (R, R, R) samples on :func:`grid_points` (``ij`` order).
+        values: [R, R, R] samples on :func:`grid_points` (``ij`` order).
         level: iso value.
         bound: the grid spans [-bound, bound]^3.
         inside: ``above`` (density: inside where values > level) or ``below`` (SDF: inside where < level).
 
     Returns:
-        vertices (V, 3) float32 in world units and faces (F, 3) int64; empty tensors when the level
+        vertices [V, 3] float32 in world units and faces [F, 3] int64; empty tensors when the level
         is not crossed.
 
     Example:

@@ -11,13 +11,13 @@ from stages.render.rasterize import rasterize, transform_to_clip
 
 
 def face_normals(verts: Tensor, faces: Tensor) -> Tensor:
-    """Unit normals (F, 3) of triangles ``faces`` (F, 3) over ``verts`` (V, 3), counter-clockwise outward."""
+    """Unit normals [F, 3] of triangles ``faces`` [F, 3] over ``verts`` [V, 3], counter-clockwise outward."""
     v = verts[faces.long()]
     return torch.nn.functional.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
 
 
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted unit vertex normals (V, 3)."""
+    """Area-weighted unit vertex normals [V, 3]."""
     faces = faces.long()
     v = verts[faces]
     n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)  # length = 2 * area
@@ -44,11 +44,11 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
     """Render a mesh from a batch of cameras.
 
     Args:
-        verts: (V, 3) world positions (gradients flow to them).
-        faces: (F, 3) vertex indices.
+        verts: [V, 3] world positions (gradients flow to them).
+        faces: [F, 3] vertex indices.
         cameras: B cameras.
         height, width: image size.
-        attrs: optional (V, C) vertex attributes (e.g. colours) to interpolate.
+        attrs: optional [V, C] vertex attributes (e.g. colours) to interpolate.
         smooth_normals: interpolate vertex normals (True) or use face normals.
         aa: antialias the mask, normal and attribute maps (silhouette gradients).
         topology: :func:`stages.render.antialias.build_topology` of ``faces``, reused across calls.
@@ -58,9 +58,9 @@ def render_mesh(verts: Tensor, faces: Tensor, cameras: Cameras, height: int, wid
             and its signed volume is positive.
 
     Returns:
-        ``mask`` (B, H, W, 1); ``depth`` (B, H, W, 1), distance along each pixel's ray, 0 on background;
-        ``normal`` (B, H, W, 3) unit world normals, 0 on background; ``attrs`` (B, H, W, C) if given;
-        ``rast`` (B, H, W, 4); ``position`` (B, H, W, 3) world positions.
+        ``mask`` [B, H, W, 1]; ``depth`` [B, H, W, 1], distance along each pixel's ray, 0 on background;
+        ``normal`` [B, H, W, 3] unit world normals, 0 on background; ``attrs`` [B, H, W, C] if given;
+        ``rast`` [B, H, W, 4]; ``position`` [B, H, W, 3] world positions.
     """
     faces = faces.long()
     if cull_backfaces is None:

@@ -17,7 +17,7 @@ from stages.render.mesh_render import face_normals
 
 
 def closest_point_on_triangle(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """Barycentrics (N, 3) of the point of triangle (a, b, c) closest to ``p``; all inputs (N, 3).
+    """Barycentrics [N, 3] of the point of triangle (a, b, c) closest to ``p``; all inputs [N, 3].
 
     Ericson, Real-Time Collision Detection, 5.1.5; a zero barycentric marks an edge or vertex region.
 
@@ -64,8 +64,8 @@ class MeshSDF:
     """Signed distance queries against one closed triangle mesh.
 
     Args:
-        verts: (V, 3) vertices.
-        faces: (F, 3) counter-clockwise (outward) triangles.
+        verts: [V, 3] vertices.
+        faces: [F, 3] counter-clockwise (outward) triangles.
         n_samples: extra area-weighted surface samples for the candidate search.
         k: candidate samples (hence triangles) per query.
         seed: sampling seed.
@@ -88,7 +88,7 @@ class MeshSDF:
         self.tree = cKDTree(points.numpy())
 
     def __call__(self, points: Tensor, chunk: int = 2**16) -> Tensor:
-        """Signed distance (N,) of ``points`` (N, 3), negative inside."""
+        """Signed distance [N] of ``points`` [N, 3], negative inside."""
         out = [self._query(p) for p in points.detach().float().cpu().split(chunk)]
         return torch.cat(out).to(points.device) if out else points.new_zeros(0)
 
@@ -96,7 +96,7 @@ class MeshSDF:
         _, nn_idx = self.tree.query(p.numpy(), k=self.k, workers=-1)
         cand = self.sample_face[torch.from_numpy(np.asarray(nn_idx, dtype=np.int64)).reshape(len(p), -1)]
         n, k = cand.shape
-        tri = self.verts[self.faces[cand.reshape(-1)]]  # (N k, 3, 3)
+        tri = self.verts[self.faces[cand.reshape(-1)]]  # [N k, 3, 3]
         pk = p[:, None].expand(n, k, 3).reshape(-1, 3)
         bary = closest_point_on_triangle(pk, tri[:, 0], tri[:, 1], tri[:, 2])
         q = (bary[..., None] * tri).sum(1)
@@ -108,7 +108,7 @@ class MeshSDF:
         return sign * dist[torch.arange(n), best]
 
     def _pseudonormal(self, face: Tensor, bary: Tensor) -> Tensor:
-        """Normal (N, 3) of the closest feature: face interior, edge or vertex."""
+        """Normal [N, 3] of the closest feature: face interior, edge or vertex."""
         zero = bary <= 1e-7
         n_zero = zero.sum(1)
         out = self.face_normal[face]
@@ -120,8 +120,8 @@ class MeshSDF:
 
 
 def _pseudonormals(verts: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Edge normals (E, 3) (sum of the adjacent face normals), angle-weighted vertex normals (V, 3), and
-    the edge id opposite each face corner (F, 3)."""
+    """Edge normals [E, 3] (sum of the adjacent face normals), angle-weighted vertex normals [V, 3], and
+    the edge id opposite each face corner [F, 3]."""
     fn = face_normals(verts, faces)
     topo = build_topology(faces)
     f0, f1 = topo.edge_faces[:, 0], topo.edge_faces[:, 1]

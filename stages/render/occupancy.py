@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from stages.render import rng
+
 
 class OccupancyGrid(nn.Module):
     """Binary occupancy with a density EMA, updated during training.
@@ -35,7 +37,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
 
     def cell_index(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat cell index (...) of each point (..., 3) and whether the point is inside the grid."""
+        """Flat cell index [...] of each point [..., 3] and whether the point is inside the grid."""
         unit = (points / self.radius + 1) / 2
         inside = ((unit >= 0) & (unit < 1)).all(-1)
         cell = (unit * self.resolution).long().clamp(0, self.resolution - 1)
@@ -43,12 +45,12 @@ class OccupancyGrid(nn.Module):
         return (cell[..., 0] * r + cell[..., 1]) * r + cell[..., 2], inside
 
     def query(self, points: Tensor) -> Tensor:
-        """(...) bool: whether each point (..., 3) lies in an occupied cell."""
+        """[...] bool: whether each point [..., 3] lies in an occupied cell."""
         idx, inside = self.cell_index(points)
         return self.occupied[idx] & inside
 
     def cell_centres(self) -> Tensor:
-        """(resolution^3, 3) cell centres in world space, in flat-index order."""
+        """[resolution^3, 3] cell centres in world space, in flat-index order."""
         r = self.resolution
         ax = (torch.arange(r, device=self.density.device, dtype=torch.float32) + 0.5) / r * 2 - 1
         grid = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -60,7 +62,7 @@ class OccupancyGrid(nn.Module):
         """Re-evaluate the density at one jittered point per cell and refresh the occupancy.
 
         Args:
-            density_fn: callable (N, 3) -> (N,) density.
+            density_fn: callable [N, 3] -> [N] density.
             decay: EMA decay; the new value is ``max(decay * old, new)``.
             generator: random generator for the jitter.
             chunk: points per density call.
@@ -69,7 +71,7 @@ class OccupancyGrid(nn.Module):
         """
         cell = 2 * self.radius / self.resolution
         centres = self.cell_centres()
-        jitter = (torch.rand(centres.shape, generator=generator) - 0.5).to(centres.device) * cell
+        jitter = (rng.rand(centres.shape, generator, centres.device) - 0.5) * cell
         pts = centres + jitter
         new = torch.cat([density_fn(p).float().reshape(-1) for p in pts.split(chunk)])
         self.density.copy_(torch.maximum(self.density * decay, new))

@@ -11,7 +11,7 @@ The PyTorch path works in two passes:
    recomputed from the clip-space positions, so gradients flow to vertex positions exactly like
    nvdiffrast's ``rasterize`` (interior only; silhouettes get theirs from :mod:`.antialias`).
 
-Output ``rast`` is (B, H, W, 4) = (u, v, z / w, triangle_id + 1), 0 in the last channel for empty
+Output ``rast`` is [B, H, W, 4] = (u, v, z / w, triangle_id + 1), 0 in the last channel for empty
 pixels; an attribute interpolates as ``u * a0 + v * a1 + (1 - u - v) * a2``. Row ``i`` of the image is at
 NDC ``y = (i + 0.5) / H * 2 - 1`` (nvdiffrast's convention; :func:`.cameras.projection` flips y so
 images come out top row first). Triangles with a vertex behind the camera (``w <= 0``) are skipped
@@ -59,9 +59,9 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], chunk: int 
     """Rasterise triangles given in clip space.
 
     Args:
-        pos: (B, V, 4) or (V, 4) clip-space vertex positions (e.g. ``verts_h @ mvp.transpose(-1, -2)``).
-        tri: (F, 3) vertex indices (int32 or int64).
-        resolution: (H, W).
+        pos: [B, V, 4] or [V, 4] clip-space vertex positions (e.g. ``verts_h @ mvp.transpose(-1, -2)``).
+        tri: [F, 3] vertex indices (int32 or int64).
+        resolution: ``(height, width)`` of the output.
         chunk: candidate pixels processed at once (bounds memory: about 60 bytes each).
         backend: ``auto`` (nvdiffrast on CUDA where installed, else PyTorch), ``torch`` or ``nvdiffrast``.
         cull_backfaces: skip triangles that are counter-clockwise in NDC, i.e. the back faces of an
@@ -70,7 +70,7 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], chunk: int 
             path only).
 
     Returns:
-        rast (B, H, W, 4): u, v, z / w, triangle id + 1 (0 = empty), differentiable in u, v, z / w.
+        rast [B, H, W, 4]: u, v, z / w, triangle id + 1 (0 = empty), differentiable in u, v, z / w.
 
     Example:
         >>> pos = torch.tensor([[-1.0, -1, 0, 1], [3, -1, 0, 1], [-1, 3, 0, 1]])
@@ -109,7 +109,7 @@ def _screen_setup(pos: Tensor, tri: Tensor, height: int, width: int, cull_backfa
     unpredictable masks (it is not vectorised).
 
     Returns:
-        ids (K,) of those triangles; a table (16, K) of rows: for each edge i, ``a, b, c`` (inside
+        ids [K] of those triangles; a table [16, K] of rows: for each edge i, ``a, b, c`` (inside
         where ``a x + b y + c >= 0`` for all three edges); the depth plane ``p0, p1, p2``
         (``z = p0 x + p1 y + p2``); the pixel bounding box ``x0, xe, y0, ye``; and the buckets, a list
         of ``(start, end, kx, ky)``: columns ``start:end`` have boxes of at most ``kx x ky`` pixels,
@@ -223,14 +223,14 @@ def visible_faces(pos: Tensor, tri: Tensor, height: int, width: int, chunk: int 
     triangles larger than a block, over rows.
 
     Args:
-        pos: (V, 4) clip-space positions.
-        tri: (F, 3) int64 vertex indices.
+        pos: [V, 4] clip-space positions.
+        tri: [F, 3] int64 vertex indices.
         height, width: image size.
         chunk: candidate pixels per block.
         cull_backfaces: see :func:`rasterize`.
 
     Returns:
-        (H * W,) int64 triangle ids, -1 where no triangle covers the pixel centre.
+        [H * W] int64 triangle ids, -1 where no triangle covers the pixel centre.
     """
     ids, table, buckets = _screen_setup(pos, tri, height, width, cull_backfaces)
     zbuf = torch.full((height * width,), _EMPTY, dtype=torch.int64, device=pos.device)
@@ -255,15 +255,15 @@ def _depth_test(zbuf: Tensor, t: Tensor, ids: Tensor, dx: Tensor, dy: Tensor, cl
     Candidates are laid out (row offset, column offset, triangle) so that every elementwise kernel runs
     over a long contiguous triangle axis (a short innermost axis of 1-4 pixels makes CPU kernels several
     times slower). Products with x only depend on the column offset and those with y on the row, so
-    they are computed on (columns, n) and (rows, n) and only the sums are per candidate; the sums are
+    they are computed on [columns, n] and [rows, n] and only the sums are per candidate; the sums are
     the same floating-point operations in the same order as ``a * x + b * y + c``.
     """
     n = t.shape[1]
-    x = t[12] + dx  # (kx, n)
-    y = t[14] + dy  # (ky, n)
+    x = t[12] + dx  # [kx, n]
+    y = t[14] + dy  # [ky, n]
     low = None
     for i in range(3):
-        e = torch.add((t[3 * i + 1] * y)[:, None], (t[3 * i] * x)[None]).add_(t[3 * i + 2])  # (ky, kx, n)
+        e = torch.add((t[3 * i + 1] * y)[:, None], (t[3 * i] * x)[None]).add_(t[3 * i + 2])  # [ky, kx, n]
         # the lowest of the three edge functions; NaN propagates and fails the test like >= 0 would
         low = e if low is None else torch.minimum(low, e, out=low)
     inside = low >= 0  # one comparison: they are several times slower than arithmetic on CPU
@@ -272,7 +272,7 @@ def _depth_test(zbuf: Tensor, t: Tensor, ids: Tensor, dx: Tensor, dy: Tensor, cl
         inside &= (y <= t[15])[:, None]
     if clip_x:
         inside &= (x <= t[13])[None]
-    z = torch.add((t[10] * y)[:, None], (t[9] * x)[None]).add_(t[11])  # (ky, kx, n)
+    z = torch.add((t[10] * y)[:, None], (t[9] * x)[None]).add_(t[11])  # [ky, kx, n]
     hit = inside.reshape(-1).nonzero().squeeze(1)
     zh = z.reshape(-1).index_select(0, hit)
     local = hit % n if hit.numel() and z.shape[0] * z.shape[1] > 1 else hit
@@ -286,18 +286,18 @@ def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int
     """Perspective-correct barycentrics of each pixel centre in its triangle (differentiable in ``pos``).
 
     Args:
-        pos: (V, 4) clip-space positions.
-        tri: (F, 3) int64 vertex indices.
-        face: (H * W,) triangle id per pixel, -1 for empty.
+        pos: [V, 4] clip-space positions.
+        tri: [F, 3] int64 vertex indices.
+        face: [H * W] triangle id per pixel, -1 for empty.
         height, width: image size.
 
     Returns:
-        (H, W, 4): u, v, z / w, face + 1.
+        [H, W, 4]: u, v, z / w, face + 1.
     """
     pix = (face >= 0).nonzero().squeeze(1)
     f = face.index_select(0, pix)
     corners = [c.contiguous() for c in tri.index_select(0, f).unbind(1)]  # cheaper than .t().contiguous()
-    v = [pos.index_select(0, corners[i]) for i in range(3)]  # 3 x (P, 4)
+    v = [pos.index_select(0, corners[i]) for i in range(3)]  # 3 x [P, 4]
     w = [vi[:, 3] for vi in v]
     nx, ny = [vi[:, 0] / wi for vi, wi in zip(v, w)], [vi[:, 1] / wi for vi, wi in zip(v, w)]
     cx = ((pix % width).to(pos.dtype) + 0.5) * (2 / width) - 1
@@ -317,6 +317,6 @@ def barycentrics(pos: Tensor, tri: Tensor, face: Tensor, height: int, width: int
 
 
 def transform_to_clip(verts: Tensor, mvp: Tensor) -> Tensor:
-    """Clip-space positions (B, V, 4) of world vertices ``verts`` (V, 3) under ``mvp`` (B, 4, 4)."""
+    """Clip-space positions [B, V, 4] of world vertices ``verts`` [V, 3] under ``mvp`` [B, 4, 4]."""
     verts_h = torch.nn.functional.pad(verts, (0, 1), value=1.0)
     return torch.einsum("vk,bjk->bvj", verts_h, mvp.to(verts))

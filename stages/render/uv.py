@@ -32,7 +32,7 @@ class UVMesh:
 
     Attributes:
         verts: (V', 3) vertices (original vertices duplicated along seams).
-        faces: (F, 3) triangles over ``verts`` and ``uvs``.
+        faces: [F, 3] triangles over ``verts`` and ``uvs``.
         uvs: (V', 2) texture coordinates in [0, 1].
         vmapping: (V',) index of each vertex in the original mesh.
         method: ``xatlas`` or ``fallback``.
@@ -50,8 +50,8 @@ def unwrap_uv(verts: Tensor, faces: Tensor, timeout: float = 120.0, use_xatlas: 
     or is disabled. xatlas runs in a child process: a segfault or a hang cannot take this one down.
 
     Args:
-        verts: (V, 3) vertices.
-        faces: (F, 3) triangles.
+        verts: [V, 3] vertices.
+        faces: [F, 3] triangles.
         timeout: seconds xatlas may take.
         use_xatlas: False skips straight to the fallback.
     """
@@ -103,7 +103,7 @@ def fallback_uv(verts: Tensor, faces: Tensor, gutter: float = 0.2) -> UVMesh:
     lo, hi = g, cell - g
     lower_tri = torch.tensor([[lo, lo], [hi - g, lo], [lo, hi - g]])
     upper_tri = torch.tensor([[hi, hi], [lo + g, hi], [hi, lo + g]])
-    local = torch.where(upper[:, None, None], upper_tri, lower_tri)  # (F, 3, 2)
+    local = torch.where(upper[:, None, None], upper_tri, lower_tri)  # [F, 3, 2]
     uvs = (local + torch.stack([cx, cy], dim=-1)[:, None]).reshape(-1, 2).to(verts.device)
     vmap = faces.reshape(-1).long()
     new_faces = torch.arange(3 * n, device=faces.device).reshape(n, 3)
@@ -111,13 +111,13 @@ def fallback_uv(verts: Tensor, faces: Tensor, gutter: float = 0.2) -> UVMesh:
 
 
 def uv_to_clip(uvs: Tensor) -> Tensor:
-    """Clip positions (V, 4) that rasterise UV space into a texture image with row 0 at ``v = 1``."""
+    """Clip positions [V, 4] that rasterise UV space into a texture image with row 0 at ``v = 1``."""
     return torch.stack([uvs[:, 0] * 2 - 1, 1 - uvs[:, 1] * 2, torch.zeros_like(uvs[:, 0]),
                         torch.ones_like(uvs[:, 0])], dim=-1)
 
 
 def rasterize_uv(uvs: Tensor, faces: Tensor, size: int) -> Tensor:
-    """Rasterise triangles in UV space: rast (1, size, size, 4) for texture baking with
+    """Rasterise triangles in UV space: rast [1, size, size, 4] for texture baking with
     :func:`stages.render.interpolate.interpolate` (e.g. world positions per texel)."""
     return rasterize(uv_to_clip(uvs), faces, (size, size), backend="torch")
 
@@ -126,11 +126,11 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
     """Bilinear texture lookup, differentiable in the texture and the UVs.
 
     Args:
-        texture: (H, W, C) or (B, H, W, C), row 0 at ``v = 1``.
-        uv: (B, ..., 2) or (..., 2) coordinates in [0, 1] (edges clamp).
+        texture: [H, W, C] or [B, H, W, C], row 0 at ``v = 1``.
+        uv: [B, ..., 2] or [..., 2] coordinates in [0, 1] (edges clamp).
 
     Returns:
-        (B, ..., C) or (..., C) sampled values.
+        [B, ..., C] or [..., C] sampled values.
     """
     batched = texture.dim() == 4
     tex = texture if batched else texture[None]
@@ -148,12 +148,12 @@ def pad_texture(texture: Tensor, mask: Tensor, iterations: int = 16) -> Tensor:
     """Grow texels across UV seams: each round, empty texels take the mean of their filled 3x3 neighbours.
 
     Args:
-        texture: (H, W, C) texture.
-        mask: (H, W) bool, True where the texture holds baked values.
+        texture: [H, W, C] texture.
+        mask: [H, W] bool, True where the texture holds baked values.
         iterations: rounds of growth (pixels of padding).
 
     Returns:
-        (H, W, C) texture; texels still empty after all rounds take the mean filled colour.
+        [H, W, C] texture; texels still empty after all rounds take the mean filled colour.
     """
     tex = texture.permute(2, 0, 1)[None] * mask[None, None].to(texture.dtype)
     m = mask[None, None].to(texture.dtype)

@@ -7,15 +7,16 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from stages.render import rng
 from stages.render.fields import density_normals
 from stages.render.occupancy import OccupancyGrid
 
 
 def ray_sphere(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Entry and exit distances of unit-direction rays (R, 3) through a sphere at the origin.
+    """Entry and exit distances of unit-direction rays [R, 3] through a sphere at the origin.
 
     Returns:
-        near (R,), far (R,) (near clamped at 0) and hit (R,) bool.
+        near [R], far [R] (near clamped at 0) and hit [R] bool.
 
     Example:
         >>> near, far, hit = ray_sphere(torch.tensor([[0.0, 0, 3]]), torch.tensor([[0.0, 0, -1]]), 1.0)
@@ -34,7 +35,7 @@ def ray_sphere(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Te
 
 def stratified_samples(near: Tensor, far: Tensor, n_samples: int, perturb: bool = True,
                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Interval starts and ends (R, S) splitting [near, far] into ``n_samples`` equal bins, each
+    """Interval starts and ends [R, S] splitting [near, far] into ``n_samples`` equal bins, each
     sample jittered within its bin when ``perturb``."""
     u = torch.linspace(0, 1, n_samples + 1, device=near.device)
     edges = near[:, None] + (far - near)[:, None] * u
@@ -42,12 +43,12 @@ def stratified_samples(near: Tensor, far: Tensor, n_samples: int, perturb: bool 
         mids = 0.5 * (edges[:, 1:] + edges[:, :-1])
         lo = torch.cat([edges[:, :1], mids], dim=1)
         hi = torch.cat([mids, edges[:, -1:]], dim=1)
-        edges = lo + (hi - lo) * torch.rand(edges.shape, generator=generator).to(near.device)
+        edges = lo + (hi - lo) * rng.rand(edges.shape, generator, near.device)
     return edges[:, :-1], edges[:, 1:]
 
 
 def compositing_weights(density: Tensor, t_starts: Tensor, t_ends: Tensor) -> Tensor:
-    """Weights (R, S): ``w_i = T_i (1 - exp(-sigma_i delta_i))``, ``T_i = prod_{j<i} exp(-sigma_j delta_j)``.
+    """Weights [R, S]: ``w_i = T_i (1 - exp(-sigma_i delta_i))``, ``T_i = prod_{j<i} exp(-sigma_j delta_j)``.
 
     Example:
         >>> w = compositing_weights(torch.tensor([[0.0, 1e4]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 2.0]]))
@@ -61,7 +62,7 @@ def compositing_weights(density: Tensor, t_starts: Tensor, t_ends: Tensor) -> Te
 
 
 def composite(weights: Tensor, values: Tensor) -> Tensor:
-    """Weighted sum over samples: (R, S) and (R, S, C) -> (R, C)."""
+    """Weighted sum over samples: [R, S] and [R, S, C] -> [R, C]."""
     return (weights[..., None] * values).sum(1)
 
 
@@ -77,7 +78,7 @@ class DirectionBackground(nn.Module):
 
 
 def background_color(background: Tensor | Callable[[Tensor], Tensor], dirs: Tensor) -> Tensor:
-    """Per-ray background (R, C) from a constant colour (C,) or a model of the ray direction."""
+    """Per-ray background [R, C] from a constant colour [C] or a model of the ray direction."""
     if isinstance(background, Tensor):
         return background.to(dirs).expand(dirs.shape[0], -1)
     return background(dirs)
@@ -90,30 +91,30 @@ def render_rays(field, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_sam
     """Volume-render rays through a field inside a sphere of ``radius``.
 
     Args:
-        field: callable (N, 3) -> (density (N,), color (N, C)) with a ``density`` method (N, 3) -> (N,),
+        field: callable [N, 3] -> (density [N], color [N, C]) with a ``density`` method [N, 3] -> [N],
             e.g. :class:`stages.render.fields.DensityField`.
-        origins, dirs: (R, 3) rays (unit directions).
+        origins, dirs: [R, 3] rays (unit directions).
         radius: bounding-sphere radius; rays missing it return the background.
         n_samples: samples per ray between the sphere's entry and exit.
         occupancy: if given, samples in empty cells are skipped (never evaluated).
-        background: constant colour (C,), a direction model, or None for black.
+        background: constant colour [C], a direction model, or None for black.
         normals: None, ``analytic`` or ``finite_difference`` (see :func:`.fields.density_normals`).
         normal_eps: finite-difference step.
         perturb: jitter samples within their bins.
         generator: random generator for the jitter.
 
     Returns:
-        ``rgb`` (R, C) over the background, ``opacity`` (R, 1), ``depth`` (R, 1) (expected distance along
-        the ray, not divided by opacity), ``weights`` (R, S), ``t_mid`` (R, S), and ``normal`` (R, 3) if
+        ``rgb`` [R, C] over the background, ``opacity`` [R, 1], ``depth`` [R, 1] (expected distance along
+        the ray, not divided by opacity), ``weights`` [R, S], ``t_mid`` [R, S], and ``normal`` [R, 3] if
         asked (weighted sum of unit normals, not renormalised), with the per-sample ``sample_normal``
-        (N, 3), ``sample_weight`` (N,), ``sample_dir`` (N, 3) and ``sample_point`` (N, 3) of the N
+        [N, 3], ``sample_weight`` [N], ``sample_dir`` [N, 3] and ``sample_point`` [N, 3] of the N
         evaluated samples (for per-sample regularisers such as the orientation loss).
     """
     assert origins.shape == dirs.shape and origins.shape[-1] == 3, (origins.shape, dirs.shape)
     near, far, hit = ray_sphere(origins, dirs, radius)
     t0, t1 = stratified_samples(near, far, n_samples, perturb, generator)
     t_mid = 0.5 * (t0 + t1)
-    pts = origins[:, None] + dirs[:, None] * t_mid[..., None]  # (R, S, 3)
+    pts = origins[:, None] + dirs[:, None] * t_mid[..., None]  # [R, S, 3]
     keep = hit[:, None].expand_as(t_mid)
     if occupancy is not None:
         keep = keep & occupancy.query(pts)
@@ -139,13 +140,13 @@ def render_rays(field, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_sam
 
 
 def _scatter_sum(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-    """Sum (N, C) values into (n_rows, C) by row index (differentiable)."""
+    """Sum [N, C] values into [n_rows, C] by row index (differentiable)."""
     return torch.zeros(n_rows, values.shape[-1], dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
 
 def render_image(field, cameras, height: int, width: int, chunk: int = 2**14, **kwargs) -> dict[str, Tensor]:
-    """Render full images (B, H, W, C) from :class:`stages.render.cameras.Cameras`, ``chunk`` rays at a
-    time; keyword arguments go to :func:`render_rays`. Returns every per-ray output as (B, H, W, C) and
+    """Render full images [B, H, W, C] from :class:`stages.render.cameras.Cameras`, ``chunk`` rays at a
+    time; keyword arguments go to :func:`render_rays`. Returns every per-ray output as [B, H, W, C] and
     the per-sample ``sample_*`` outputs concatenated over all rays."""
     o, d = cameras.rays(height, width)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)

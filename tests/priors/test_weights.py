@@ -199,3 +199,71 @@ def test_pull_fetches_the_chosen_files_into_the_weights_folder(tmp_path, monkeyp
     assert control[2] == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert report[2] == f"controlnet_normal: downloaded to {tmp_path / cfg.controlnet_normal}"
     assert report[3].startswith("sapiens_normal: download failed (OSError: no network)")
+
+
+OLD_SD15, NEW_SD15 = "runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_sd15_defaults_to_its_current_hub_id():
+    from pipeline.config import load_config
+
+    assert Config().sd15 == NEW_SD15
+    assert {load_config(p, None, []).priors.sd15 for p in ("paper", "release", "cpu")} == {NEW_SD15}
+
+
+def test_a_copy_under_the_old_sd15_id_is_found_and_loaded(tmp_path):
+    cfg = tiny.write_weights(tmp_path)
+    (tmp_path / "runwayml").mkdir()
+    (tmp_path / NEW_SD15).rename(tmp_path / OLD_SD15)
+    row = check(cfg, ["geometry_init"])[0]
+    assert row.spec.key == "sd15" and row.spec.repo_id == NEW_SD15
+    assert row.found and row.alias == OLD_SD15 and row.folder == str(tmp_path / OLD_SD15)
+    assert f"found under the old id {OLD_SD15} (now {NEW_SD15})" in format_report(check(cfg, ["geometry_init"]))
+    assert resolve(cfg, row.spec) == tmp_path / OLD_SD15
+    prior = StableDiffusionSDS.from_pretrained(cfg, "cpu")
+    assert prior.vae.config.scaling_factor > 0
+    assert pull(cfg, ["geometry_init"])[0] == f"sd15: already present in {tmp_path / OLD_SD15} (under the old id {OLD_SD15})"
+    # a config that still names the old id looks under the current id first
+    same = check(dataclasses.replace(cfg, sd15=OLD_SD15), ["geometry_init"])[0]
+    assert same.spec.repo_id == NEW_SD15 and same.alias == OLD_SD15
+
+
+def test_a_copy_under_the_current_id_wins_and_has_no_alias(weights):
+    row = check(weights, ["geometry_init"])[0]
+    assert row.found and row.alias is None and row.folder.endswith(NEW_SD15)
+    assert "old id" not in format_report([row])
+
+
+def test_no_sd15_copy_names_the_current_id(tmp_path):
+    (tmp_path / OLD_SD15 / "vae").mkdir(parents=True)  # an incomplete old copy is not used
+    cfg = Config(weights_dir=str(tmp_path))
+    row = check(cfg, ["geometry_init"])[0]
+    assert not row.found and row.alias is None and row.folder == str(tmp_path / NEW_SD15)
+    with pytest.raises(MissingWeightError, match=f"id '{NEW_SD15}'") as err:
+        resolve(cfg, row.spec)
+    assert OLD_SD15 not in str(err.value)
+
+
+def _cache_file(cache, repo_id, rel, commit="0" * 40):
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    path = repo / "snapshots" / commit / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    return repo / "snapshots" / commit
+
+
+def test_a_hub_cache_copy_under_the_old_sd15_id_is_found(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    cfg = Config()
+    spec = required_weights(cfg, ["geometry_init"])[0]
+    assert not check(cfg, ["geometry_init"])[0].found
+    for alts in spec.files:
+        snapshot = _cache_file(tmp_path, OLD_SD15, alts[0])
+    row = check(cfg, ["geometry_init"])[0]
+    assert row.found and row.alias == OLD_SD15 and row.folder == str(snapshot)
+    assert resolve(cfg, spec) == snapshot
