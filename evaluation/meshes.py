@@ -58,14 +58,18 @@ def _image_rgb(image) -> np.ndarray:
 
 
 def _texture_of(visual) -> tuple[np.ndarray | None, np.ndarray]:
-    """The base-colour texture (or None) and colour factor ``[3]`` of a TextureVisuals' material."""
+    """The base-colour texture (or None) and colour factor ``[3]`` of a TextureVisuals' material.
+
+    glTF: ``baseColor = baseColorFactor * baseColorTexture`` (the spec's product).
+    """
     mat = visual.material
     if isinstance(mat, trimesh.visual.material.PBRMaterial):
         factor = np.ones(3) if mat.baseColorFactor is None else np.asarray(mat.baseColorFactor[:3], float) / 255.0
         image = mat.baseColorTexture
-    else:
-        factor = np.asarray(getattr(mat, "diffuse", [255, 255, 255, 255])[:3], float) / 255.0
+    else:  # OBJ / MTL: map_Kd is the colour where present (trimesh writes Kd 0.4 beside it), else Kd
         image = getattr(mat, "image", None)
+        diffuse = getattr(mat, "diffuse", None)
+        factor = np.ones(3) if image is not None or diffuse is None else np.asarray(diffuse[:3], float) / 255.0
     return (None if image is None else _image_rgb(image)), factor
 
 
