@@ -24,7 +24,8 @@ from priors.hybrid import HybridOutput, Term
 
 Truth = Callable[..., dict[str, Tensor]]
 """``truth(cameras, height, width) -> {"rgb", "mask", "depth", "normal"}`` maps ``[B, H, W, C]``:
-unlit albedo on white, coverage, distance along each pixel's ray, unit world normals."""
+unlit albedo on white, coverage, distance along each pixel's ray, unit camera-space normals
+(:class:`evaluation.truth.SubjectRenderer`)."""
 
 
 @dataclass
@@ -95,8 +96,7 @@ class OracleAdapted:
                    encode_size=None, generator=None, cameras=None) -> OracleTerm:
         """MSE between the normal images (camera-space ``[B, 3, H, W]`` normals, ``[B, 1, H, W]`` mask)."""
         gt = self._truth(cameras, normal)
-        gt_normal = torch.einsum("bhwj,bjk->bhwk", gt["normal"], cameras.c2w[:, :3, :3].to(normal))
-        gt_img = normal_image(gt_normal.permute(0, 3, 1, 2), gt["mask"].permute(0, 3, 1, 2))
+        gt_img = normal_image(gt["normal"].permute(0, 3, 1, 2), gt["mask"].permute(0, 3, 1, 2))
         return OracleTerm(self.cfg.normal_scale * F.mse_loss(normal_image(normal, mask), gt_img))
 
     def depth_sds(self, depth: Tensor, mask: Tensor, embeddings, t_range, guidance_scale: float,

@@ -59,23 +59,46 @@ def render_truth(subject, cameras: Cameras, height: int, width: int, framing=Non
         background), ``normal`` ``[B, H, W, 3]`` unit camera-space normals (0 on background;
         antialiased, so shorter than 1 on silhouette pixels).
     """
-    mesh = as_subject_mesh(subject)
-    v = mesh.vertices if framing is None else framing.to_scene(mesh.vertices)
-    verts = torch.as_tensor(v, dtype=torch.float32)
-    faces = torch.as_tensor(mesh.faces, dtype=torch.long)
-    topo = build_topology(faces)
-    attrs = torch.as_tensor(mesh.colors if mesh.texture is None else mesh.uvs, dtype=torch.float32)
-    out = render_mesh(verts, faces, cameras, height, width, attrs=attrs, aa=False, topology=topo, backend=backend)
-    albedo = out["attrs"]
-    if mesh.texture is not None:
-        uv = albedo - torch.floor(albedo)  # glTF's default REPEAT wrap
-        albedo = sample_texture(torch.as_tensor(mesh.texture), uv) * out["mask"]
-    normal = world_to_camera_normals(out["normal"], cameras)
-    pos = transform_to_clip(verts, cameras.mvp(width / height).to(verts))
-    maps = antialias(torch.cat([out["mask"], albedo, normal], -1), out["rast"], pos, faces, topo, backend)
-    mask, albedo, normal = maps.split([1, 3, 3], dim=-1)
-    mask = mask.clamp(0, 1)
-    return {"rgb": (albedo + (1 - mask)).clamp(0, 1), "mask": mask, "depth": out["depth"], "normal": normal}
+    return SubjectRenderer(subject, framing, backend)(cameras, height, width)
+
+
+class SubjectRenderer:
+    """:func:`render_truth` for one subject and framing, its mesh and topology prepared once (the
+    oracle guidance renders the truth at every step).
+
+    Args:
+        subject: a :class:`evaluation.meshes.SubjectMesh`, a Trimesh or a mesh file.
+        framing: :class:`evaluation.framing.Framing`, or None when the vertices are in the scene frame.
+        backend: rasteriser backend.
+    """
+
+    def __init__(self, subject, framing=None, backend: str = "auto"):
+        self.mesh = mesh = as_subject_mesh(subject)
+        v = mesh.vertices if framing is None else framing.to_scene(mesh.vertices)
+        self.verts = torch.as_tensor(v, dtype=torch.float32)
+        self.faces = torch.as_tensor(mesh.faces, dtype=torch.long)
+        self.topo = build_topology(self.faces)
+        self.attrs = torch.as_tensor(mesh.colors if mesh.texture is None else mesh.uvs, dtype=torch.float32)
+        self.texture = None if mesh.texture is None else torch.as_tensor(mesh.texture)
+        self.backend = backend
+
+    @torch.no_grad()
+    def __call__(self, cameras: Cameras, height: int, width: int) -> dict[str, Tensor]:
+        """The maps of :func:`render_truth` from ``cameras`` (moved to the CPU to render)."""
+        cameras = cameras.to("cpu")
+        verts, faces, topo, backend = self.verts, self.faces, self.topo, self.backend
+        out = render_mesh(verts, faces, cameras, height, width, attrs=self.attrs, aa=False, topology=topo,
+                          backend=backend)
+        albedo = out["attrs"]
+        if self.texture is not None:
+            uv = albedo - torch.floor(albedo)  # glTF's default REPEAT wrap
+            albedo = sample_texture(self.texture, uv) * out["mask"]
+        normal = world_to_camera_normals(out["normal"], cameras)
+        pos = transform_to_clip(verts, cameras.mvp(width / height).to(verts))
+        maps = antialias(torch.cat([out["mask"], albedo, normal], -1), out["rast"], pos, faces, topo, backend)
+        mask, albedo, normal = maps.split([1, 3, 3], dim=-1)
+        mask = mask.clamp(0, 1)
+        return {"rgb": (albedo + (1 - mask)).clamp(0, 1), "mask": mask, "depth": out["depth"], "normal": normal}
 
 
 def normalised_depth(depth: Tensor, inside: Tensor) -> Tensor:

@@ -140,3 +140,14 @@ def laplacian(verts: Tensor, edges: Tensor) -> Tensor:
     has = deg > 0
     lap = verts[has] - acc[has] / deg[has, None]
     return (lap ** 2).sum(-1).mean() if has.any() else verts.sum() * 0
+
+
+def mesh_edges(faces: Tensor) -> Tensor:
+    """Undirected edges ``[E, 2]`` (each once, smaller id first) of triangles ``[F, 3]``.
+
+    Example:
+        >>> mesh_edges(torch.tensor([[0, 1, 2], [0, 2, 3]])).tolist()
+        [[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]]
+    """
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    return torch.unique(e, dim=0)

@@ -134,3 +134,55 @@ def marching_tets_grid(verts: Tensor, sdf: Tensor, resolution: int) -> tuple[Ten
         cubes = mixed.nonzero()
     return marching_tets(verts, cube_tets(cubes, resolution), sdf)
 
+
+
+def band_cubes(sdf_fn, resolution: int, bound: float = 1.0, band: float = 2.0, coarse: int = 16,
+               chunk: int = 2**18) -> Tensor:
+    """Cubes of the ``resolution`` grid within ``band`` cells of the zero level set of ``sdf_fn``,
+    found coarse to fine, so memory grows with the surface, not the volume.
+
+    A cube of side ``h`` is kept at each level when ``|sdf(centre)| <= (sqrt(3) / 2) h + band * cell``
+    (cell: the finest cube side), then split into 8 until the finest level; a true distance
+    function can therefore never lose a cube that the surface or the band touches.
+
+    Args:
+        sdf_fn: ``[N, 3] -> [N]`` signed distance (a true distance, or a bound on it).
+        resolution: cubes per axis of the finest grid (a power-of-two multiple of ``coarse``).
+        bound: the grid spans ``[-bound, bound]^3``.
+        band: half-width of the band, in finest cells.
+        coarse: cubes per axis of the first level.
+        chunk: points per ``sdf_fn`` call.
+
+    Returns:
+        ``[C, 3]`` int64 lowest-corner lattice coordinates of the kept cubes (for :func:`cube_tets`).
+
+    Example:
+        >>> cubes = band_cubes(lambda p: p.norm(dim=-1) - 0.5, 32, band=1.0, coarse=8)
+        >>> bool(0 < cubes.shape[0] < 32**3 // 4)
+        True
+    """
+    level = min(coarse, resolution)
+    assert resolution % level == 0 and ((resolution // level) & (resolution // level - 1)) == 0, (resolution, coarse)
+    cell = 2 * bound / resolution
+    r = torch.arange(level)
+    cubes = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(-1, 3)
+    while True:
+        side = 2 * bound / level
+        centres = (cubes.float() + 0.5) * side - bound
+        d = torch.cat([sdf_fn(c).reshape(-1).float() for c in centres.split(chunk)]) if len(centres) else centres[:, 0]
+        cubes = cubes[d.abs() <= 0.8660254 * side + band * cell]
+        if level == resolution:
+            return cubes
+        bits = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+        cubes = (cubes[:, None] * 2 + bits).reshape(-1, 3)
+        level *= 2
+
+
+def band_grid(cubes: Tensor, resolution: int, bound: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The tets of ``cubes`` ``[C, 3]`` with their vertices only: ``[V, 3]`` positions and ``[6 C, 4]``
+    tets indexing them (a compact version of :func:`tet_grid` restricted to a band)."""
+    tets = cube_tets(cubes, resolution)
+    ids, inverse = torch.unique(tets.reshape(-1), return_inverse=True)
+    n = resolution + 1
+    ijk = torch.stack([ids // (n * n), ids // n % n, ids % n], dim=-1).float()
+    return ijk * (2 * bound / resolution) - bound, inverse.reshape(-1, 4)
