@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.runner import StageSpec
+from pipeline.run.runner import StageSpec
 
 
 @dataclass

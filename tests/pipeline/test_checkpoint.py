@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, save_checkpoint
-from pipeline.progress import Progress
-from pipeline.signals import StopSignals
+from pipeline.errors import Interrupted
+from pipeline.run.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, save_checkpoint
+from pipeline.run.progress import Progress
+from pipeline.run.signals import StopSignals
 
 
 def make_ckpt(folder, every=1, keep=3, total=100):
@@ -110,7 +111,6 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
 
 
 def test_stop_signal_saves_then_raises(tmp_path):
-    from pipeline.errors import Interrupted
     with StopSignals((signal.SIGUSR1,)) as stop:
         ck = Checkpointer(tmp_path, 100, 50, 3, Progress("t", 100, quiet=True), stop)
         model = torch.nn.Linear(2, 2)
@@ -125,7 +125,7 @@ def test_stop_signal_saves_then_raises(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
-    from pipeline.checkpoint import save_checkpoint
+    from pipeline.run.checkpoint import save_checkpoint
     folder = Path(sys.argv[1])
     big = torch.nn.Linear(2048, 2048)
     print("ready", flush=True)
@@ -183,3 +183,4 @@ def test_second_sigint_aborts_after_any_first_signal():
         assert stop.requested == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+

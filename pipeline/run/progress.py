@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Mapping
+
+from tqdm import tqdm
 
 log = logging.getLogger("geneman")
 
@@ -16,7 +19,7 @@ def format_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def format_losses(losses: dict[str, float], limit: int = 4) -> str:
+def format_losses(losses: Mapping[str, float], limit: int = 4) -> str:
     """The total and the largest terms, as ``name=value`` pairs."""
     items = sorted(losses.items(), key=lambda kv: -abs(kv[1]))
     total = sum(losses.values())
@@ -48,8 +51,6 @@ class Progress:
         if self.quiet:
             return
         if self.tty:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=self.total, initial=step, desc=self.name, unit="step", dynamic_ncols=True)
         else:
             log.info("%s: start at step %d/%d", self.name, step, self.total)
@@ -61,7 +62,7 @@ class Progress:
             return float("nan")
         return (time.monotonic() - self._t0) / done * (self.total - step)
 
-    def update(self, step: int, losses: dict[str, float]) -> None:
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
         """Report that ``step`` steps are complete with these losses."""
         if self.quiet:
             return

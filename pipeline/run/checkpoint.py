@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import Interrupted
-from pipeline.progress import Progress
-from pipeline.signals import StopSignals
-from pipeline.store import atomic_write_bytes
+from pipeline.run.progress import Progress
+from pipeline.run.signals import StopSignals
+from pipeline.run.store import atomic_write_bytes
 
 log = logging.getLogger("geneman")
 
