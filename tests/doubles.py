@@ -83,7 +83,7 @@ class DoubleStage:
             opt.step()
             if sleep:
                 time.sleep(sleep)
-            ckpt.step_done(step + 1, {"fit": loss.item()}, objects)
+            ckpt.step_done(step + 1, {"fit": loss}, objects)
         return DoubleResult(holder.w.detach().clone())
 
 
