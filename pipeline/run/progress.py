@@ -90,9 +90,9 @@ class Progress:
     def update(self, step: int, losses: Mapping[str, Loss]) -> None:
         """Report that ``step`` steps are complete with these losses.
 
-        The losses are read (tensors turned into numbers) only when this step shows them: a plain
-        line every ``every_s`` seconds, the bar's text every :data:`BAR_LOSSES_EVERY_S`, and the
-        last step always; on other steps they are not touched.
+        Loss tensors are read (turned into numbers) only when this step shows them: a plain line
+        every ``every_s`` seconds, the bar's text every :data:`BAR_LOSSES_EVERY_S`, and the last
+        step always; on other steps they are not touched. Plain numbers reach the bar every step.
         """
         if self.quiet:
             return
@@ -102,7 +102,7 @@ class Progress:
             self._last = t
         if self._bar is not None:
             self._bar.n = step
-            if due:
+            if due or not any(isinstance(v, torch.Tensor) for v in losses.values()):  # plain numbers: free
                 self._bar.set_postfix_str(format_losses(loss_numbers(losses)), refresh=False)
             self._bar.refresh()
         elif due:
