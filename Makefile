@@ -1,6 +1,6 @@
 # Two entry points, each bootstrapping .venv from nothing:
 #   make demo   photo -> run folder under outputs/demo (cpu preset)
-#   make test   the whole test suite, offline
+#   make test   the linter (make lint: ruff, config in ruff.toml), then the whole test suite, offline
 # A CUDA user points TORCH_SPEC at their torch build, e.g.
 #   make demo TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 # or TORCH_SPEC= to keep a torch already in .venv.
@@ -12,7 +12,7 @@ DEMO_IMAGE ?= examples/astronaut.jpg
 DEMO_OUT ?= outputs/demo
 DEMO_PRESET ?= cpu
 
-.PHONY: demo test clean-venv
+.PHONY: demo lint test clean-venv
 
 $(VENV)/.installed: setup.py Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ $(VENV)/.installed: setup.py Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/geneman run $(DEMO_IMAGE) -o $(DEMO_OUT) --preset $(DEMO_PRESET)
 
-test: $(VENV)/.installed
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: $(VENV)/.installed lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean-venv:

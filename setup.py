@@ -36,8 +36,8 @@ setup(
             "nvdiffrast @ git+https://github.com/NVlabs/nvdiffrast.git",
             "xformers",
         ],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.17,<0.18"],
         "bench": ["embreex"],
     },
-    entry_points={"console_scripts": ["geneman=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["geneman=pipeline.cli.main:main"]},
 )

@@ -1,1 +1,4 @@
-"""geneman orchestration: cli, config schema, run store, runner, batch, preprocess, export. No math."""
+"""geneman orchestration, no math.
+
+cli/ the commands, run/ one run folder, batch/ many photos; beside them the config schema, errors and logging.
+"""

@@ -19,8 +19,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import preprocess
 from pipeline.errors import ConfigError
+from pipeline.run import preprocess
 from priors import config as priors_config
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.schedule import Ramp
@@ -52,7 +52,8 @@ class RunConfig:
 
     seed: int = 0
     """Seed of every random generator (python, numpy, torch)."""
-    device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda(:\d+)?", "hint": "auto, cpu, cuda or cuda:N"})
+    device: str = field(default="auto",
+                        metadata={"pattern": r"auto|cpu|cuda(:\d+)?", "hint": "auto, cpu, cuda or cuda:N"})
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     prompt: str = ""
     """Text prompt of the 2D prior, carried to the stages in ``Inputs``; empty: ``a photo of a person``."""
@@ -134,7 +135,8 @@ def _check_keys(data: dict, schema: Any, prefix: str, source: str) -> dict:
         if is_dataclass(sub) and isinstance(value, dict):
             value = _check_keys(value, sub, f"{full}.", source)
         elif is_dataclass(sub):
-            raise ConfigError(f"{source}: '{full}' is a section ({type(sub).__name__}); give its keys, e.g. {full}.{fields(sub)[0].name}=...")
+            raise ConfigError(f"{source}: '{full}' is a section ({type(sub).__name__}); give its keys, "
+                              f"e.g. {full}.{fields(sub)[0].name}=...")
         out[key] = value
     return out
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.runner import StageSpec
+from pipeline.run.runner import StageSpec
 
 
 @dataclass
@@ -83,7 +83,7 @@ class DoubleStage:
             opt.step()
             if sleep:
                 time.sleep(sleep)
-            ckpt.step_done(step + 1, {"fit": loss.item()}, objects)
+            ckpt.step_done(step + 1, {"fit": loss}, objects)
         return DoubleResult(holder.w.detach().clone())
 
 

@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import session
-from pipeline.cli import setup_logging
 from pipeline.errors import GenemanError
+from pipeline.logs import setup_logging
+from pipeline.run import session
 from tests.doubles import double_stages, small_config
 
 
@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     setup_logging(False, True)
     try:
         if args.command == "run":
-            session.start(args.paths[0], args.paths[1], small_config(args.sets), stages=double_stages(), priors=None, depth_normal=None, quiet=True)
+            session.start(args.paths[0], args.paths[1], small_config(args.sets), stages=double_stages(), priors=None,
+                          depth_normal=None, quiet=True)
         else:
             session.resume(args.paths[0], stages=double_stages(), priors=None, depth_normal=None, quiet=True)
     except GenemanError as e:

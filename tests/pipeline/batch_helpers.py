@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline import session
+from pipeline.run import session
 from tests.doubles import double_stages, small_config
 from tests.pipeline.conftest import write_person
 

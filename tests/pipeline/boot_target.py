@@ -1,4 +1,4 @@
-"""The module ``test_batch_boot`` runs through ``python -m pipeline.batch_boot -m ...``, in place of submitit's.
+"""The module ``test_batch_boot`` runs through ``python -m pipeline.batch.boot -m ...``, in place of submitit's.
 
 Argv: ``READY_FILE``. It writes READY_FILE (the test then signals it), waits up to 20 s for the
 signal to have been noted, and prints its argv[0], its arguments and the noted signal as JSON.
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.batch_boot import EARLY_SIGNAL, take_early_signal
+from pipeline.batch.boot import EARLY_SIGNAL, take_early_signal
 
 Path(sys.argv[1]).write_text(str(os.getpid()))
 deadline = time.monotonic() + 20

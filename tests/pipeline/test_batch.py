@@ -12,14 +12,23 @@ import threading
 
 import pytest
 
-from pipeline import cli
-from pipeline.batch import (BatchOptions, load_record, make_executor, package_root, parse_time, plan, resolve_inputs,
-                            run_names, submit_batch)
-from pipeline.batch_boot import EARLY_SIGNAL
-from pipeline.batch_job import BatchJob, JobSignals, job_ids, run_image
+from pipeline.batch.boot import EARLY_SIGNAL
+from pipeline.batch.job import BatchJob, JobSignals, job_ids, run_image
+from pipeline.batch.record import load_record
+from pipeline.batch.submit import (
+    BatchOptions,
+    make_executor,
+    package_root,
+    parse_time,
+    plan,
+    resolve_inputs,
+    run_names,
+    submit_batch,
+)
+from pipeline.cli import main as cli
+from pipeline.cli.status import status_text
 from pipeline.errors import ConfigError, InputError
-from pipeline.models import MissingWeights
-from pipeline.status import status_text
+from pipeline.run.models import MissingWeights
 from tests.doubles import double_stages, small_config
 from tests.pipeline.batch_helpers import manifest, no_priors, photos, reference, result_bytes, stage_step, wait_until
 from tests.pipeline.conftest import write_person
@@ -152,7 +161,8 @@ def test_a_dead_batch_jobs_lock_is_taken_over_and_any_other_lock_is_respected(tm
     reference(photo, out / "person")
     lock = out / "person" / ".lock"
     live = subprocess.Popen(["sleep", "60"])  # on this host a live holder is never dislodged
-    holder = {"host": socket.gethostname(), "pid": live.pid} if host == "this-host-live-pid" else {"host": host, "pid": 1}
+    here = host == "this-host-live-pid"
+    holder = {"host": socket.gethostname(), "pid": live.pid} if here else {"host": host, "pid": 1}
     lock.write_text(json.dumps({**holder, "since": "then", "argv": [a.format(out=out) for a in argv]}))
     cfg = small_config(["texture_refine.steps=7"])  # not done with this config: the job must run it
     try:
@@ -212,10 +222,10 @@ def _mk(folder):
 
 
 def test_a_signal_while_python_starts_is_noted_not_fatal(tmp_path):
-    """A job starts as ``python -u -m pipeline.batch_boot -u -m MODULE ARGS``: a SIGUSR2 that comes
+    """A job starts as ``python -u -m pipeline.batch.boot -u -m MODULE ARGS``: a SIGUSR2 that comes
     before the job's own handlers exist (default action: kill) is noted and MODULE runs as ``-m`` would."""
     ready = tmp_path / "ready"
-    cmd = [sys.executable, "-u", "-m", "pipeline.batch_boot", "-u", "-m", "tests.pipeline.boot_target", str(ready)]
+    cmd = [sys.executable, "-u", "-m", "pipeline.batch.boot", "-u", "-m", "tests.pipeline.boot_target", str(ready)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=package_root())
     wait_until(ready.exists, 30, "the target module to start")
     os.kill(proc.pid, signal.SIGUSR2)
@@ -224,7 +234,7 @@ def test_a_signal_while_python_starts_is_noted_not_fatal(tmp_path):
     seen = json.loads(out)
     assert seen["argv0"].endswith("tests/pipeline/boot_target.py") and seen["args"] == [str(ready)]
     assert seen["signal"] == signal.SIGUSR2 and seen["left"] is None  # taken once
-    bad = subprocess.run([sys.executable, "-m", "pipeline.batch_boot", "oops"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "pipeline.batch.boot", "oops"], capture_output=True, text=True,
                          cwd=package_root())
     assert bad.returncode != 0 and "expected '-m MODULE ARGS...'" in bad.stderr
 
@@ -244,12 +254,12 @@ def test_a_job_noted_a_signal_while_starting_runs_no_image(tmp_path, monkeypatch
 
 def test_jobs_start_through_batch_boot(tmp_path):
     ex = make_executor(tmp_path, BatchOptions(executor="local"))
-    assert ex.python == f"{shlex.quote(sys.executable)} -u -m pipeline.batch_boot"
+    assert ex.python == f"{shlex.quote(sys.executable)} -u -m pipeline.batch.boot"
 
 
 def test_slurm_job_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
     """Every BatchOptions field lands in the script submitit writes (rendered, not submitted)."""
-    monkeypatch.setattr("pipeline.batch.shutil.which", lambda name: f"/usr/bin/{name}")  # no sbatch needed
+    monkeypatch.setattr("pipeline.batch.submit.shutil.which", lambda name: f"/usr/bin/{name}")  # no sbatch needed
     options = BatchOptions(executor="slurm", partition="gpu", gpus_per_job=2, time="1-02:00:00", mem="32G",
                            cpus_per_job=8, max_parallel=3)
     ex = make_executor(tmp_path, options)

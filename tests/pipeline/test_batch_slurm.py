@@ -9,15 +9,24 @@ import pickle
 import time
 
 import pytest
-
-from pipeline import cli
-from pipeline.batch import BatchOptions, load_record, submit_batch
-from pipeline.errors import ConfigError
-from pipeline.status import status_text
 from submitit.core.utils import JobPaths
+
+from pipeline.batch.record import load_record
+from pipeline.batch.submit import BatchOptions, submit_batch
+from pipeline.cli import main as cli
+from pipeline.cli.status import status_text
+from pipeline.errors import ConfigError
 from tests.doubles import double_stages, small_config
-from tests.pipeline.batch_helpers import (STAGE_FOLDERS, manifest, no_priors, photos, reference, result_bytes,
-                                          stage_step, wait_until)
+from tests.pipeline.batch_helpers import (
+    STAGE_FOLDERS,
+    manifest,
+    no_priors,
+    photos,
+    reference,
+    result_bytes,
+    stage_step,
+    wait_until,
+)
 from tests.pipeline.conftest import write_person
 from tests.slurm.cluster import SlurmCluster, unavailable_reason
 
@@ -197,7 +206,8 @@ def test_scancel_stops_the_job_for_good(cluster, tmp_path, monkeypatch):
     wait_until(lambda: stage_step(run, "geometry_init") >= 2, 120, "geometry_init step 2",
                on_timeout=lambda: job_logs(out))
     cluster.run("scancel", job)
-    wait_until(lambda: not queue(cluster), 60, "the job to end", on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
+    wait_until(lambda: not queue(cluster), 60, "the job to end",
+               on_timeout=lambda: f"{queue(cluster)}\n{job_logs(out)}")
     m = manifest(run)
     assert m["status"] == "interrupted" and m["extra"]["slurm_restart_count"] == 0
     assert "Requeued job" not in job_logs(out) and "preemption" not in job_logs(out)
@@ -277,7 +287,7 @@ def assert_continued(run, stopped: dict, logs: str) -> None:
 
 def test_warning_while_the_job_starts_requeues_it(cluster, tmp_path):
     """SIGUSR2 a second after the job's step starts, while its python is still importing: noted by
-    pipeline.batch_boot (no handler of submitit's yet), then the job requeues itself without
+    pipeline.batch.boot (no handler of submitit's yet), then the job requeues itself without
     starting the image, and the requeued job does the image."""
     (tmp_path / "in").mkdir()
     photo = write_person(tmp_path / "in" / "person.png")

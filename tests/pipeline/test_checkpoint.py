@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, save_checkpoint
-from pipeline.progress import Progress
-from pipeline.signals import StopSignals
+from pipeline.errors import Interrupted
+from pipeline.run import progress as progress_module
+from pipeline.run.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, save_checkpoint
+from pipeline.run.progress import Progress
+from pipeline.run.signals import StopSignals
 
 
 def make_ckpt(folder, every=1, keep=3, total=100):
@@ -110,7 +112,6 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
 
 
 def test_stop_signal_saves_then_raises(tmp_path):
-    from pipeline.errors import Interrupted
     with StopSignals((signal.SIGUSR1,)) as stop:
         ck = Checkpointer(tmp_path, 100, 50, 3, Progress("t", 100, quiet=True), stop)
         model = torch.nn.Linear(2, 2)
@@ -125,7 +126,7 @@ def test_stop_signal_saves_then_raises(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
-    from pipeline.checkpoint import save_checkpoint
+    from pipeline.run.checkpoint import save_checkpoint
     folder = Path(sys.argv[1])
     big = torch.nn.Linear(2048, 2048)
     print("ready", flush=True)
@@ -183,3 +184,62 @@ def test_second_sigint_aborts_after_any_first_signal():
         assert stop.requested == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+
+
+class CountingTensor(torch.Tensor):
+    """A tensor that records every torch function run on it: reading its value (``.item()``,
+    ``float()``, ``.tolist()``, a copy to the host) is one of them, so no call means no read."""
+
+    calls: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        CountingTensor.calls.append(getattr(func, "__name__", str(func)))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def counting(value: float) -> CountingTensor:
+    return torch.tensor(value).as_subclass(CountingTensor)
+
+
+def test_step_done_takes_tensor_losses_and_reads_them_only_on_the_steps_it_prints(tmp_path, caplog):
+    ck = Checkpointer(tmp_path, 6, 2, 3, Progress("t", 6, every_s=1e9, tty=False), StopSignals(()))
+    model = torch.nn.Linear(2, 2)
+    losses = {"rgb": counting(0.25), "mask": counting(0.5)}
+    with caplog.at_level(logging.INFO, logger="geneman"):
+        assert ck.resume({"model": model}) == 0
+        CountingTensor.calls.clear()
+        for step in range(1, 6):
+            ck.step_done(step, losses, {"model": model})
+        assert CountingTensor.calls == []  # nothing printed yet (steps 2 and 4 wrote checkpoints)
+        assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 2]
+        ck.step_done(6, losses, {"model": model})  # the last step prints its line
+    assert CountingTensor.calls
+    assert "t step 6/6 (100.0%)" in caplog.text and "loss=0.75 mask=0.5 rgb=0.25" in caplog.text
+
+
+def test_float_and_tensor_losses_print_the_same_line(caplog):
+    p = Progress("t", 2, every_s=0.0, tty=False)
+    with caplog.at_level(logging.INFO, logger="geneman"):
+        p.start(0)
+        p.update(1, {"rgb": 0.25, "mask": torch.tensor(0.5)})
+        p.update(2, {"rgb": 0.25, "mask": 0.5})
+    lines = [r.getMessage() for r in caplog.records if "%)" in r.getMessage()]
+    assert [line.split(" eta ")[0] for line in lines] == ["t step 1/2 (50.0%)", "t step 2/2 (100.0%)"]
+    assert all(line.endswith("loss=0.75 mask=0.5 rgb=0.25") for line in lines)
+
+
+def test_the_bar_reads_tensor_losses_only_when_it_shows_them(monkeypatch):
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: 100.0)  # no time passes: only the end is due
+    p = Progress("t", 3, tty=True)
+    p.start(0)
+    losses = {"rgb": counting(0.25)}
+    CountingTensor.calls.clear()
+    try:
+        p.update(1, losses)
+        p.update(2, losses)
+        assert CountingTensor.calls == [] and p._bar.n == 2  # the count moves, the losses are not read
+        p.update(3, losses)
+        assert CountingTensor.calls and "rgb=0.25" in p._bar.postfix
+    finally:
+        p.close()

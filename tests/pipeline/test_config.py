@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from pipeline import config_doc
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.config import PRESETS, RunConfig, load_config, preset_path, to_dict
 from pipeline.errors import ConfigError
 from stages.schedule import Ramp, milestone_value, ramp_value

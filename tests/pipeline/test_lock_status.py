@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.errors import LockError
-from pipeline.progress import Progress
-from pipeline.store import RunStore
+from pipeline.logs import LOGGERS
+from pipeline.run import session
+from pipeline.run.progress import Progress
+from pipeline.run.store import RunStore
 from tests.doubles import double_stages, small_config
 from tests.pipeline.conftest import drive
 from tests.pipeline.test_resume import wait_for_step
@@ -37,7 +39,7 @@ def test_stale_lock_is_taken_over_with_warning(tmp_path, caplog):
         with RunStore(tmp_path).lock():
             held = json.loads((tmp_path / ".lock").read_text())
             assert held["pid"] == os.getpid()
-    assert f"stale lock" in caplog.text and str(pid) in caplog.text
+    assert "stale lock" in caplog.text and str(pid) in caplog.text
     assert not (tmp_path / ".lock").exists()
 
 
@@ -61,7 +63,6 @@ def test_second_process_on_a_running_folder_is_refused(tmp_path, photo, capsys):
 
 
 def test_status_table(tmp_path, photo, capsys, monkeypatch):
-    from pipeline import session
     out = tmp_path / "out"
     monkeypatch.setenv("GENEMAN_TEST_FAIL", "texture_coarse:2")
     with pytest.raises(Exception):
@@ -118,7 +119,6 @@ def test_progress_bar_on_a_terminal(capsys):
 
 def test_main_leaves_the_loggers_as_it_found_them(tmp_path, capsys):
     """A process that calls main() more than once (tests, notebooks) keeps no handler bound to an old stderr."""
-    from pipeline.cli import LOGGERS
     before = [(list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in LOGGERS]
     assert main(["status", str(tmp_path / "nothing")]) != 0
     assert "nothing" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.errors import ConfigError
-from pipeline.models import resolve_device
+from pipeline.run.models import resolve_device
 from priors import tiny
 
 

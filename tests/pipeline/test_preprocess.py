@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import preprocess
-from pipeline.cli import main
+from pipeline.cli.main import main
+from pipeline.run import preprocess
 
 
 def person_rgba(w=96, h=128) -> Image.Image:
@@ -212,7 +212,8 @@ def test_alpha_mask_recentre_geometry():
     out_rgb, out_mask, _ = preprocess.recentre(rgb, mask, canvas=200, fill=0.9)
     ys, xs = np.nonzero(out_mask > 0.5)
     assert ys.max() - ys.min() + 1 == pytest.approx(180, abs=2)
-    assert (ys.min() + ys.max()) / 2 == pytest.approx(99.5, abs=2) and (xs.min() + xs.max()) / 2 == pytest.approx(99.5, abs=2)
+    assert (ys.min() + ys.max()) / 2 == pytest.approx(99.5, abs=2)
+    assert (xs.min() + xs.max()) / 2 == pytest.approx(99.5, abs=2)
     assert np.allclose(out_rgb[0, 0], 1.0)  # white background
 
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from pipeline import session
 from pipeline.errors import InputError, StageFailed
-from pipeline.store import RunStore
+from pipeline.run import session
+from pipeline.run.store import RunStore
 from tests.doubles import double_stages, small_config
 from tests.pipeline.conftest import drive, write_person
 

@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["priors.sds", "priors.memory", "priors.hybrid", "priors.prior_3d", "priors.tiny", "priors.registry", "priors.weights",
-           "priors.deferred"]
+MODULES = ["priors.sds", "priors.memory", "priors.hybrid", "priors.prior_3d", "priors.tiny", "priors.registry",
+           "priors.weights", "priors.deferred"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -109,7 +109,8 @@ def test_default_sizes_make_render_and_reference_latents_match(parts):
 ZERO123_YAML = {"model": {"params": {
     "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
     "unet_config": {"params": {
-        "image_size": 32, "in_channels": 8, "out_channels": 4, "model_channels": 320, "attention_resolutions": [4, 2, 1],
+        "image_size": 32, "in_channels": 8, "out_channels": 4, "model_channels": 320,
+        "attention_resolutions": [4, 2, 1],
         "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_heads": 8, "use_spatial_transformer": True,
         "transformer_depth": 1, "context_dim": 768, "use_checkpoint": True, "legacy": False}},
     "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": {

@@ -18,8 +18,9 @@ def parts():
 def _reference(p, controlnet, sdedit, images, control, emb, strength, steps, scale, seed):
     """diffusers' pipeline on the same networks, scheduler config, prompt embeddings and generator.
 
-    The pipeline's ControlNet scale defaults to 0.8, so it is passed as ours (1.0). Both sample the VAE posterior and then the noise from one generator, in that order, so the
-    same seed gives the same draws; the pipeline batches [uncond; cond], we batch [cond; uncond].
+    The pipeline's ControlNet scale defaults to 0.8, so it is passed as ours (1.0). Both sample the VAE
+    posterior and then the noise from one generator, in that order, so the same seed gives the same draws;
+    the pipeline batches [uncond; cond], we batch [cond; uncond].
     """
     pipe = StableDiffusionControlNetImg2ImgPipeline(
         vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet, controlnet=controlnet,
@@ -29,7 +30,8 @@ def _reference(p, controlnet, sdedit, images, control, emb, strength, steps, sca
     h, w = images.shape[-2:]
     return pipe(prompt_embeds=emb.cond, negative_prompt_embeds=emb.uncond, image=images, control_image=control,
                 height=h, width=w, strength=strength, num_inference_steps=steps, guidance_scale=scale,
-                controlnet_conditioning_scale=1.0, generator=torch.Generator().manual_seed(seed), output_type="pt").images
+                controlnet_conditioning_scale=1.0, generator=torch.Generator().manual_seed(seed),
+                output_type="pt").images
 
 
 @pytest.mark.parametrize("strength,steps,scale", [(0.5, 10, 7.5), (0.8, 6, 3.0)])

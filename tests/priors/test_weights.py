@@ -9,8 +9,16 @@ from priors.config import Config
 from priors.prior_2d import StableDiffusionSDS
 from priors.registry import PriorSet
 from priors.sapiens import SapiensEstimator, load_estimators
-from priors.weights import (STAGES, MissingWeightError, check, ensure_available, format_report, pull,
-                            required_weights, resolve)
+from priors.weights import (
+    STAGES,
+    MissingWeightError,
+    check,
+    ensure_available,
+    format_report,
+    pull,
+    required_weights,
+    resolve,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from stages.render.fields import DensityField, MLP, density_normals
+from stages.render.fields import MLP, DensityField, density_normals
 from stages.render.hashgrid import HashGrid, active_levels, level_layout
 
 

@@ -3,8 +3,15 @@ import torch
 from stages.render.cameras import orbit_cameras
 from stages.render.fields import DensityField
 from stages.render.occupancy import OccupancyGrid
-from stages.render.volume import (DirectionBackground, composite, compositing_weights, ray_sphere, render_image,
-                                  render_rays, stratified_samples)
+from stages.render.volume import (
+    DirectionBackground,
+    composite,
+    compositing_weights,
+    ray_sphere,
+    render_image,
+    render_rays,
+    stratified_samples,
+)
 
 from .helpers import sphere_hits
 

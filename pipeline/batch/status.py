@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.batch import ACTIVE_SLURM_STATES, BATCH_FILE, load_record, slurm_states
+from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, load_record, slurm_states
 from pipeline.errors import GenemanError
-from pipeline.store import RunStore
+from pipeline.run.store import RunStore
 
 COLUMNS = ("image", "stage", "step/total", "state", "job", "error")
 SUMMARY_ORDER = ("done", "running", "queued", "failed", "interrupted", "blocked", "stopped")

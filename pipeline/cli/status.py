@@ -5,10 +5,11 @@ import json
 import socket
 from pathlib import Path
 
+from pipeline.batch.status import batch_status, is_batch
 from pipeline.errors import InputError
-from pipeline.progress import format_eta
-from pipeline.runner import DEFAULT_STAGES
-from pipeline.store import LOCK, RunStore, StageRecord, pid_alive
+from pipeline.run.progress import format_eta
+from pipeline.run.runner import DEFAULT_STAGES
+from pipeline.run.store import LOCK, RunStore, StageRecord, pid_alive
 
 COLUMNS = ("stage", "step/total", "state", "elapsed", "last error")
 
@@ -67,8 +68,6 @@ def run_status(root: Path) -> str:
 
 def status_text(roots: list[Path]) -> str:
     """Status blocks of several run (or batch) folders; a folder that is neither is an error."""
-    from pipeline.batch_status import batch_status, is_batch
-
     blocks = []
     for root in roots:
         if is_batch(root):

@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from pipeline import preprocess
-from pipeline.checkpoint import Checkpointer
 from pipeline.config import RunConfig, digest, to_dict
 from pipeline.errors import ConfigError, GenemanError, Interrupted, StageFailed, StageNotBuilt
-from pipeline.progress import Progress
-from pipeline.signals import StopSignals
-from pipeline.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now
+from pipeline.run import preprocess
+from pipeline.run.checkpoint import Checkpointer
+from pipeline.run.progress import Progress
+from pipeline.run.signals import StopSignals
+from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
 
@@ -208,8 +208,8 @@ class Runner:
             result = spec.module.run(stage_cfg, inputs, previous, self.priors, ckpt)
         except BaseException as e:
             self._stage_error(rec, spec.name, folder, e)
-            raise StageFailed(f"stage {spec.name} failed at step {rec.step}/{rec.total}: {rec.error} "
-                              f"(traceback in {folder / 'error.log'}; fix and `geneman resume {self.store.root}`)") from e
+            raise StageFailed(f"stage {spec.name} failed at step {rec.step}/{rec.total}: {rec.error} (traceback in "
+                              f"{folder / 'error.log'}; fix and `geneman resume {self.store.root}`)") from e
         finally:
             progress.close()
         _save_result(result, folder)
@@ -246,7 +246,7 @@ class Runner:
             self._set_status("interrupted", "KeyboardInterrupt")
             raise e
         rec.state = "failed"
-        rec.error = str(e).splitlines()[0] if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}".splitlines()[0]
+        rec.error = (str(e) if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}").splitlines()[0]
         atomic_write_bytes(folder / "error.log", "".join(traceback.format_exception(e)).encode())
         self._set_status("failed", f"{name}: {rec.error}")
 

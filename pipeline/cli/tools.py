@@ -1,10 +1,16 @@
-"""``geneman weights check|pull`` and ``geneman profile``: the priors' tools on the command line."""
+"""``geneman weights check|pull`` and ``geneman profile``: the priors' tools on the command line.
+
+The config and the priors are imported inside the commands, for start-up speed only (torch,
+diffusers): :mod:`pipeline.cli.main` builds these parsers on every ``geneman`` call.
+"""
 from __future__ import annotations
 
 import argparse
 
+from pipeline.cli.args import cli_sets, common, config_args
 
-def add_parsers(sub, config_args, common) -> None:
+
+def add_parsers(sub) -> None:
     """Add ``weights`` and ``profile`` to the sub-command parser ``sub``."""
     w = sub.add_parser("weights", help="list (check) or download (pull) the pretrained weights a preset needs")
     w.add_argument("action", choices=("check", "pull"))
@@ -18,7 +24,6 @@ def add_parsers(sub, config_args, common) -> None:
 
 
 def _config(args):
-    from pipeline.cli import cli_sets
     from pipeline.config import load_config
 
     return load_config(args.preset, args.config, cli_sets(args))
@@ -26,7 +31,7 @@ def _config(args):
 
 def cmd_weights(args: argparse.Namespace) -> int:
     """Print the weight report (check; exit 2 when something needed is missing) or download (pull)."""
-    from pipeline.runner import DEFAULT_STAGES, check_stage_name
+    from pipeline.run.runner import DEFAULT_STAGES, check_stage_name
     from priors import weights
 
     cfg = _config(args)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.errors import InputError
-from pipeline.runner import DEFAULT_STAGES, StageSpec
-from pipeline.store import RunStore
+from pipeline.run.runner import DEFAULT_STAGES, StageSpec
+from pipeline.run.store import RunStore
 
 FINAL = "final"
 

@@ -6,43 +6,42 @@ Layout of a batch folder::
     OUT/<name>/        the run folder of photo <name> (its stem), resumable as usual
     OUT/logs/          submitit's pickles and job logs
 
-Each job loads the priors once and runs its images in turn (:mod:`pipeline.batch_job`).
+Each job loads the priors once and runs its images in turn (:mod:`pipeline.batch.job`).
 Submitting the same batch again skips images already done and images whose job is still queued
 or running.
 """
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import math
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.batch_boot import python_command
-from pipeline.batch_job import LOGS, BatchJob, is_done
+import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+from pipeline.batch.boot import python_command
+from pipeline.batch.job import BatchJob, is_done
+from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, LOGS, load_record, save_record, slurm_states
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, InputError
-from pipeline.runner import DEFAULT_STAGES, StageSpec
-from pipeline.store import RunStore, atomic_write_bytes, now
+from pipeline.run.runner import DEFAULT_STAGES, StageSpec
+from pipeline.run.store import RunStore, now
 
 log = logging.getLogger("geneman")
 
-BATCH_FILE = "batch.json"
 RESERVED = {BATCH_FILE, LOGS}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 LOCAL_TIME_MIN = 30 * 24 * 60
 """Time limit of a local job when ``--time`` is not given (submitit's local default is 2 minutes)."""
-ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                       "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
 @dataclass
@@ -163,43 +162,6 @@ def parse_time(text: str) -> int:
     return math.ceil(seconds / 60)
 
 
-def load_record(out: Path) -> dict:
-    """The content of ``out/batch.json`` (an empty record when there is none)."""
-    path = Path(out) / BATCH_FILE
-    if not path.is_file():
-        return {"version": 1, "created": now(), "images": {}, "submissions": []}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise InputError(f"{path} is unreadable ({e}); the batch folder is damaged") from None
-
-
-def save_record(out: Path, record: dict) -> None:
-    """Write ``out/batch.json`` atomically."""
-    record["updated"] = now()
-    atomic_write_bytes(Path(out) / BATCH_FILE, (json.dumps(record, indent=2) + "\n").encode())
-
-
-def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """``{job id: state}`` from squeue for the jobs Slurm still lists; None when squeue cannot tell."""
-    ids = sorted({j for j in job_ids if j})
-    if not ids or shutil.which("squeue") is None:
-        return None
-    try:
-        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)],
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode != 0 and "Invalid job id" not in r.stderr:
-        return None
-    states = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
-
-
 def plan(out: Path, named: Sequence[tuple[str, Path]], record: dict, cfg: RunConfig) -> tuple[list, dict[str, str]]:
     """Split the images into those to submit and those skipped (with why).
 
@@ -242,8 +204,6 @@ def chunks(items: Sequence, size: int) -> list[list]:
 
 def make_executor(out: Path, options: BatchOptions):
     """A submitit executor writing its files to ``out/logs``, with the job parameters of ``options``."""
-    import submitit
-
     folder = Path(out) / LOGS / "%j"
     setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
     if options.executor == "local":
@@ -271,7 +231,7 @@ def make_executor(out: Path, options: BatchOptions):
 
 def package_root() -> Path:
     """The folder holding the ``pipeline`` package (a job puts it on PYTHONPATH, with ``tests`` beside it)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, options: BatchOptions,
@@ -329,8 +289,6 @@ def submit_slurm(out: Path, record: dict, executor, groups: list, jobs: list, op
     Raises:
         ConfigError: sbatch refused the jobs (its message says why: partition, time, memory...).
     """
-    from submitit.core.utils import FailedJobError, FailedSubmissionError
-
     try:
         submitted = executor.submit_array(jobs)
     except (FailedJobError, FailedSubmissionError) as e:

@@ -12,12 +12,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pipeline import models, preprocess
 from pipeline.config import RunConfig, from_yaml_file, to_yaml
 from pipeline.errors import InputError
-from pipeline.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
-from pipeline.signals import DEFAULT_SIGNALS, StopSignals
-from pipeline.store import LOCK, PREPROCESS, RunStore, atomic_write_bytes, package_versions
+from pipeline.run import models, preprocess
+from pipeline.run.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
+from pipeline.run.signals import DEFAULT_SIGNALS, StopSignals
+from pipeline.run.store import LOCK, PREPROCESS, RunStore, atomic_write_bytes, package_versions
 
 CONFIG = "config.yaml"
 

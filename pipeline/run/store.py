@@ -6,6 +6,7 @@ either the old or the new version, never half of one.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -98,8 +99,6 @@ class Manifest:
 
 def package_versions() -> dict:
     """Versions of python and the packages that decide the numbers."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in ("geneman", "torch", "numpy", "diffusers", "transformers", "omegaconf", "trimesh"):
         try:
@@ -129,7 +128,8 @@ class RunStore:
         try:
             self.manifest = Manifest.from_dict(json.loads(self.manifest_path.read_text()))
         except FileNotFoundError:
-            raise InputError(f"{self.root} is not a geneman run folder (no {MANIFEST}); start one with `geneman run`") from None
+            raise InputError(f"{self.root} is not a geneman run folder (no {MANIFEST}); "
+                             "start one with `geneman run`") from None
         except (json.JSONDecodeError, TypeError) as e:
             raise InputError(f"{self.manifest_path} is unreadable ({e}); the run folder is damaged") from None
         return self.manifest

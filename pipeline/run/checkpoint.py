@@ -11,15 +11,15 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from pipeline.errors import Interrupted
-from pipeline.progress import Progress
-from pipeline.signals import StopSignals
-from pipeline.store import atomic_write_bytes
+from pipeline.run.progress import Loss, Progress
+from pipeline.run.signals import StopSignals
+from pipeline.run.store import atomic_write_bytes
 
 log = logging.getLogger("geneman")
 
@@ -158,11 +158,19 @@ class Checkpointer:
                 path.rename(path.with_name(path.name + ".bad"))
                 path.with_name(path.name + ".sha256").unlink(missing_ok=True)
 
-    def step_done(self, step: int, losses: dict[str, float], objects: dict[str, Any]) -> None:
+    def step_done(self, step: int, losses: Mapping[str, Loss], objects: dict[str, Any]) -> None:
         """Call after each optimisation step with the number of steps completed.
 
         Reports progress; saves every ``every`` steps and when a stop signal has arrived, and in
         the latter case raises :class:`Interrupted` once the checkpoint is on disk.
+
+        Args:
+            step: steps completed.
+            losses: the step's losses as the loop has them, scalar tensors (no ``.item()``) or
+                floats; they become numbers only on the steps that print them
+                (:meth:`pipeline.run.progress.Progress.update`), so a GPU loop does not wait
+                on the device once per loss per step.
+            objects: the stateful objects handed to :meth:`resume`.
         """
         self.progress.update(step, losses)
         stopping = self.stop.requested is not None

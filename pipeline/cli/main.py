@@ -2,6 +2,11 @@
 
 Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
 75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
+
+Each ``cmd_*`` imports what its command needs inside it, for start-up speed only:
+:mod:`pipeline.config` pulls in torch and the stages (seconds), :mod:`pipeline.run.session`
+diffusers too (over ten seconds on a small CPU), and ``geneman --help`` or a mistyped flag should
+not wait for them. Nothing here imports this module back.
 """
 from __future__ import annotations
 
@@ -9,27 +14,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
 
-from pipeline import cli_tools
+from pipeline.cli import tools as cli_tools
+from pipeline.cli.args import cli_sets, common, config_args
 from pipeline.errors import GenemanError
+from pipeline.logs import setup_logging
 
 log = logging.getLogger("geneman")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress")
-
-
-def _config_args(p: argparse.ArgumentParser, preset_default: str | None) -> None:
-    p.add_argument("--preset", default=preset_default, help="paper, release or cpu (default: %(default)s)")
-    p.add_argument("--config", help="YAML file merged over the preset")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set geometry_init.steps=100 (repeatable)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
-    p.add_argument("--weights", metavar="DIR", help="folder of pretrained weights, <DIR>/<hub id>/<file> "
-                   "(default: priors.weights_dir, else the Hugging Face cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     run.add_argument("--mask", type=Path, help="person mask (white = person), same size as the photo")
     run.add_argument("--from-stage", help="redo from this stage on (preprocess, geometry_init, ...)")
-    _config_args(run, "release")
-    _common(run)
+    config_args(run, "release")
+    common(run)
     res = sub.add_parser("resume", help="continue a run folder where it stopped")
     res.add_argument("out", type=Path, help="run folder")
     res.add_argument("--from-stage", help="redo from this stage on")
@@ -50,21 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="change a config value of the run (invalidates that stage and later ones)")
     res.add_argument("--device", help="cpu, cuda or cuda:N")
     res.add_argument("--weights", metavar="DIR", help="folder of pretrained weights")
-    _common(res)
+    common(res)
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
-    _common(st)
+    common(st)
     _batch_parser(sub)
-    cli_tools.add_parsers(sub, _config_args, _common)
+    cli_tools.add_parsers(sub)
     ex = sub.add_parser("export", help="write the final mesh of a finished run")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
-    _common(ex)
+    common(ex)
     return parser
 
 
 def _batch_parser(sub) -> None:
-    """The ``batch`` sub-command (logic in pipeline/batch.py)."""
+    """The ``batch`` sub-command (logic in pipeline/batch/submit.py)."""
     b = sub.add_parser("batch", help="run many photos as Slurm jobs (or local jobs), one run folder each")
     b.add_argument("inputs", nargs="+", help="photos, folders of photos, list files (.txt, one path a line) or globs")
     b.add_argument("-o", "--out", type=Path, required=True, help="batch folder (one run folder per photo inside)")
@@ -79,53 +70,13 @@ def _batch_parser(sub) -> None:
                    help="jobs running at once (default: Slurm's choice; local: 1)")
     b.add_argument("--images-per-job", type=int, default=1, metavar="M",
                    help="images each job runs in turn, loading the priors once (default: %(default)s)")
-    _config_args(b, "release")
-    _common(b)
-
-
-LOGGERS = ("geneman", "priors", "stages")
-"""The loggers of the packages (pipeline logs as ``geneman``; priors and stages by module name)."""
-
-
-def setup_logging(debug: bool, quiet: bool) -> Callable[[], None]:
-    """Log to stderr: short lines on a terminal, timestamped lines otherwise.
-
-    Returns:
-        A function that puts the loggers back as they were (for callers that run in a longer-lived
-        process, such as tests calling :func:`main`, so that no handler outlives its stderr).
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "geneman: %(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
-    before = []
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        before.append((logger, list(logger.handlers), logger.propagate, logger.level))
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-
-    def restore() -> None:
-        for logger, handlers, propagate, level in before:
-            logger.handlers[:] = handlers
-            logger.propagate, logger.level = propagate, level
-
-    return restore
-
-
-def cli_sets(args) -> list[str]:
-    """``--set`` values plus what ``--device`` and ``--weights`` stand for."""
-    sets = list(args.sets)
-    if getattr(args, "device", None):
-        sets.append(f"device={args.device}")
-    if getattr(args, "weights", None):
-        sets.append(f"priors.weights_dir={args.weights}")
-    return sets
+    config_args(b, "release")
+    common(b)
 
 
 def cmd_run(args) -> int:
-    from pipeline import session
     from pipeline.config import load_config
+    from pipeline.run import session
 
     sets = cli_sets(args)
     cfg = load_config(args.preset, args.config, sets)
@@ -135,8 +86,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from pipeline import session
     from pipeline.config import load_config
+    from pipeline.run import session
 
     cfg = None
     sets = cli_sets(args)
@@ -149,7 +100,9 @@ def cmd_resume(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from pipeline.batch import BatchOptions, submit_batch
+    from pipeline.batch.status import batch_rows, summary
+    from pipeline.batch.submit import BatchOptions, submit_batch
+    from pipeline.cli.status import lock_holder
     from pipeline.config import load_config
 
     sets = cli_sets(args)
@@ -163,9 +116,6 @@ def cmd_batch(args) -> int:
         print(f"submitted {len(done['todo'])} image(s) in job(s) {' '.join(done['jobs']) or '-'}; "
               f"{len(done['skipped'])} skipped; follow with `geneman status {args.out}`")
         return 0
-    from pipeline.batch_status import batch_rows, summary
-    from pipeline.status import lock_holder
-
     rows = batch_rows(args.out, lambda r: lock_holder(r) is not None)
     print(f"ran {len(done['todo'])} image(s), {len(done['skipped'])} skipped; {summary(rows)}; "
           f"details: `geneman status {args.out}`")
@@ -173,14 +123,14 @@ def cmd_batch(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipeline.status import status_text
+    from pipeline.cli.status import status_text
 
     print(status_text(args.out))
     return 0
 
 
 def cmd_export(args) -> int:
-    from pipeline.export import export_run
+    from pipeline.run.export import export_run
 
     for path in export_run(args.out, args.format or ["glb", "obj"]):
         print(path)

@@ -3,7 +3,7 @@
 Slurm's ``--signal=USR2@N`` may come up to a minute earlier than asked, and with short time limits
 that can be while the job's python is still importing (torch alone takes seconds), before
 submitit has installed its handler; SIGUSR2's default action would then kill the job, with no
-requeue. So the job runs as ``python -u -m pipeline.batch_boot -u -m submitit.core._submit FOLDER``:
+requeue. So the job runs as ``python -u -m pipeline.batch.boot -u -m submitit.core._submit FOLDER``:
 this module installs handlers that only note the first signal, in the environment variable
 :data:`EARLY_SIGNAL` (this file runs as ``__main__``; a later ``import`` of it would see fresh
 globals), then runs submitit's entry point as ``python -m`` would. Once the job's callable runs,
@@ -41,7 +41,7 @@ def take_early_signal() -> int | None:
 
 def python_command(python: str) -> str:
     """What submitit should use as ``python`` so that a job starts through this module."""
-    return f"{python} -u -m pipeline.batch_boot"
+    return f"{python} -u -m pipeline.batch.boot"
 
 
 def main(argv: list[str]) -> None:
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     while args and args[0] == "-u":  # already unbuffered: this process was started with -u
         args.pop(0)
     if len(args) < 2 or args[0] != "-m":
-        raise SystemExit(f"pipeline.batch_boot: expected '-m MODULE ARGS...', got {' '.join(argv)!r}")
+        raise SystemExit(f"pipeline.batch.boot: expected '-m MODULE ARGS...', got {' '.join(argv)!r}")
     module = args[1]
     sys.argv = [module, *args[2:]]  # run_module puts the module's file in argv[0], as python -m does
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +35,7 @@ class Config:
     fill: float = field(default=0.9, metadata={"min": 0.05, "max": 1.0})
     """The long side of the person's box covers this fraction of the canvas."""
     segmentation: str = field(default="auto", metadata={"choices": ("auto", "mediapipe", "none")})
-    """Mask source when the photo has no alpha and no --mask: ``auto`` (mediapipe if installed), ``mediapipe`` or ``none``."""
+    """Mask source without alpha or --mask: ``auto`` (mediapipe if installed), ``mediapipe`` or ``none``."""
     min_mask_fraction: float = field(default=0.005, metadata={"min": 0.0, "max": 0.5})
     """A mask covering less of the photo than this means no person was found."""
     max_pixels: int = field(default=100_000_000, metadata={"min": 1})
@@ -151,7 +151,7 @@ def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
     if backend == "none":
         raise InputError(f"{photo} has no alpha channel, no --mask was given and preprocess.segmentation=none; "
                          "pass --mask MASK.png or give an RGBA photo")
-    try:
+    try:  # mediapipe is optional (the 'segment' extra) and slow to import: only when a mask is needed
         from mediapipe.python.solutions import selfie_segmentation
     except ImportError:
         raise InputError(f"{photo} has no alpha channel and no --mask was given, and no segmentation backend is "
@@ -175,7 +175,7 @@ def body_landmarks(rgb: np.ndarray) -> np.ndarray | None:
     Raises:
         ImportError: mediapipe is not installed.
     """
-    from mediapipe.python.solutions import pose
+    from mediapipe.python.solutions import pose  # optional and slow to import: only when landmarks are wanted
 
     with native_stderr_silenced(), pose.Pose(static_image_mode=True, model_complexity=1) as model:
         result = model.process(np.ascontiguousarray(rgb))
@@ -272,7 +272,8 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_
         depth, normal = depth_normal(rgb8, mask)
     if cfg.depth_normal and (depth is None or normal is None):
         log.warning("depth/normal estimation incomplete for %s (depth: %s, normal: %s): the stages run without "
-                    "the missing maps", photo, "yes" if depth is not None else "no", "yes" if normal is not None else "no")
+                    "the missing maps", photo, "yes" if depth is not None else "no",
+                    "yes" if normal is not None else "no")
     extra = [a.astype(np.float32) for a in (depth, normal) if a is not None]
     rgb, m, moved = recentre(rgb8.astype(np.float32) / 255.0, mask, cfg.canvas, cfg.fill, extra)
     moved_iter, inside = iter(moved), torch.from_numpy(m) > 0.5

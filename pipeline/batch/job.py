@@ -30,18 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import models, session
-from pipeline.batch_boot import CAUGHT, PREEMPT_SIGNAL, take_early_signal
+from submitit.helpers import DelayedSubmission
+
+from pipeline.batch.boot import CAUGHT, PREEMPT_SIGNAL, take_early_signal
+from pipeline.batch.record import LOGS
 from pipeline.config import RunConfig, to_yaml
 from pipeline.errors import GenemanError, Interrupted, LockError
-from pipeline.runner import DEFAULT_STAGES, StageSpec
-from pipeline.signals import StopSignals
-from pipeline.store import LOCK, RunStore, pid_alive
+from pipeline.logs import setup_logging
+from pipeline.run import models, session
+from pipeline.run.runner import DEFAULT_STAGES, StageSpec
+from pipeline.run.signals import StopSignals
+from pipeline.run.store import LOCK, RunStore, pid_alive
 
 log = logging.getLogger("geneman")
 
-LOGS = "logs"
-"""Where a batch's submitit files go (``OUT/logs/%j``); the job's argv names it."""
 SUBMIT_SCRIPT = "submitit/core/_submit.py"
 """argv[0] of a submitit job process."""
 
@@ -185,8 +187,6 @@ class BatchJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's requeue hook: the same job again (its progress is in the run folders)."""
-        from submitit.helpers import DelayedSubmission
-
         return DelayedSubmission(BatchJob(self.out, self.images, self.cfg, self.stages, self.priors_factory,
                                           self.quiet))
 
@@ -195,8 +195,6 @@ def _setup_job_logging() -> Callable[[], None]:
     """Log lines to the job's stderr unless the caller set up logging; returns what undoes it."""
     if log.handlers:
         return lambda: None
-    from pipeline.cli import setup_logging
-
     return setup_logging(False, False)
 
 

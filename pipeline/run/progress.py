@@ -1,11 +1,24 @@
-"""Progress of a stage: a bar (step/total, ETA, losses) on a terminal, plain log lines otherwise."""
+"""Progress of a stage: a bar (step/total, ETA, losses) on a terminal, plain log lines otherwise.
+
+Losses come in as the loop has them, tensors or floats. Tensors become numbers only on the steps
+whose line (or bar text) shows them, all at once (one device sync), never once per loss per step.
+"""
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import Mapping
+
+import torch
+from tqdm import tqdm
 
 log = logging.getLogger("geneman")
+
+Loss = torch.Tensor | float
+"""A loss as a stage hands it over: a scalar tensor (on any device) or a number."""
+BAR_LOSSES_EVERY_S = 1.0
+"""Seconds between refreshes of the losses shown on a terminal's bar (the bar's count moves every step)."""
 
 
 def format_eta(seconds: float) -> str:
@@ -16,7 +29,22 @@ def format_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def format_losses(losses: dict[str, float], limit: int = 4) -> str:
+def loss_numbers(losses: Mapping[str, Loss]) -> dict[str, float]:
+    """The losses as Python floats, in their order; the tensors among them cost one device sync in all.
+
+    >>> loss_numbers({"rgb": torch.tensor(0.25), "mask": 2})
+    {'rgb': 0.25, 'mask': 2.0}
+    """
+    tensors = {k: v for k, v in losses.items() if isinstance(v, torch.Tensor)}
+    values = {}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack([v.detach().reshape(()).to(device, torch.float32) for v in tensors.values()])
+        values = dict(zip(tensors, stacked.tolist()))
+    return {k: values[k] if k in values else float(v) for k, v in losses.items()}
+
+
+def format_losses(losses: Mapping[str, float], limit: int = 4) -> str:
     """The total and the largest terms, as ``name=value`` pairs."""
     items = sorted(losses.items(), key=lambda kv: -abs(kv[1]))
     total = sum(losses.values())
@@ -48,8 +76,6 @@ class Progress:
         if self.quiet:
             return
         if self.tty:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=self.total, initial=step, desc=self.name, unit="step", dynamic_ncols=True)
         else:
             log.info("%s: start at step %d/%d", self.name, step, self.total)
@@ -61,20 +87,27 @@ class Progress:
             return float("nan")
         return (time.monotonic() - self._t0) / done * (self.total - step)
 
-    def update(self, step: int, losses: dict[str, float]) -> None:
-        """Report that ``step`` steps are complete with these losses."""
+    def update(self, step: int, losses: Mapping[str, Loss]) -> None:
+        """Report that ``step`` steps are complete with these losses.
+
+        Loss tensors are read (turned into numbers) only when this step shows them: a plain line
+        every ``every_s`` seconds, the bar's text every :data:`BAR_LOSSES_EVERY_S`, and the last
+        step always; on other steps they are not touched. Plain numbers reach the bar every step.
+        """
         if self.quiet:
             return
+        t = time.monotonic()
+        due = step == self.total or t - self._last >= (BAR_LOSSES_EVERY_S if self._bar is not None else self.every_s)
+        if due:
+            self._last = t
         if self._bar is not None:
             self._bar.n = step
-            self._bar.set_postfix_str(format_losses(losses), refresh=False)
+            if due or not any(isinstance(v, torch.Tensor) for v in losses.values()):  # plain numbers: free
+                self._bar.set_postfix_str(format_losses(loss_numbers(losses)), refresh=False)
             self._bar.refresh()
-            return
-        t = time.monotonic()
-        if t - self._last >= self.every_s or step == self.total:
-            self._last = t
+        elif due:
             log.info("%s step %d/%d (%.1f%%) eta %s %s", self.name, step, self.total, 100.0 * step / self.total,
-                     format_eta(self.eta(step)), format_losses(losses))
+                     format_eta(self.eta(step)), format_losses(loss_numbers(losses)))
 
     def close(self) -> None:
         """Finish the bar."""

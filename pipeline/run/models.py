@@ -80,5 +80,6 @@ def prepare(cfg: RunConfig, stages: Sequence[Any], priors: Any = AUTO, depth_nor
     if isinstance(priors, PriorSet):
         check_weights(priors, cfg, stages)
     if depth_normal == AUTO:
-        depth_normal = sapiens_depth_normal(priors) if isinstance(priors, PriorSet) and cfg.preprocess.depth_normal else None
+        wanted = isinstance(priors, PriorSet) and cfg.preprocess.depth_normal
+        depth_normal = sapiens_depth_normal(priors) if wanted else None
     return priors, depth_normal

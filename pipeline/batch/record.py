@@ -1,0 +1,61 @@
+"""The record of a batch folder (``OUT/batch.json``) and what Slurm says of its jobs.
+
+Shared by submission (:mod:`pipeline.batch.submit`), the jobs (:mod:`pipeline.batch.job`) and the
+status table (:mod:`pipeline.batch.status`); of the package it imports only the leaves
+:mod:`pipeline.errors` and :mod:`pipeline.run.store`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.errors import InputError
+from pipeline.run.store import atomic_write_bytes, now
+
+BATCH_FILE = "batch.json"
+"""The batch's record: inputs, settings, every submission with its job ids."""
+LOGS = "logs"
+"""Where a batch's submitit files go (``OUT/logs/%j``); the job's argv names it."""
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                       "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+"""squeue states of a job that will still run (or runs) its images."""
+
+
+def load_record(out: Path) -> dict:
+    """The content of ``out/batch.json`` (an empty record when there is none)."""
+    path = Path(out) / BATCH_FILE
+    if not path.is_file():
+        return {"version": 1, "created": now(), "images": {}, "submissions": []}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is unreadable ({e}); the batch folder is damaged") from None
+
+
+def save_record(out: Path, record: dict) -> None:
+    """Write ``out/batch.json`` atomically."""
+    record["updated"] = now()
+    atomic_write_bytes(Path(out) / BATCH_FILE, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """``{job id: state}`` from squeue for the jobs Slurm still lists; None when squeue cannot tell."""
+    ids = sorted({j for j in job_ids if j})
+    if not ids or shutil.which("squeue") is None:
+        return None
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:
+        return None
+    states = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
