@@ -10,6 +10,7 @@ from priors.adapted import AdaptedGuidance
 from priors.config import Config
 from priors.deferred import Deferred
 from priors.hybrid import HybridSDS
+from priors.lpips import LPIPS
 from priors.prior_2d import StableDiffusionSDS
 from priors.prior_3d import Zero123SDS
 from priors.sapiens import SapiensEstimator, load_estimators
@@ -67,7 +68,12 @@ class PriorSet:
         """``{"normal": ..., "depth": ...}`` estimators (preprocess); ``None`` where allowed missing."""
         return load_estimators(self.cfg, self.device)
 
+    @cached_property
+    def lpips(self) -> LPIPS:
+        """LPIPS (VGG16) perceptual distance (stage 2 on normal maps, stage 4 on edited views)."""
+        return LPIPS.from_pretrained(self.cfg, self.device)
+
     def loaded(self) -> list[str]:
         """Names of the priors loaded so far."""
-        names = ("prior_2d", "prior_3d", "hybrid", "adapted", "sdedit", "sapiens")
+        names = ("prior_2d", "prior_3d", "hybrid", "adapted", "sdedit", "sapiens", "lpips")
         return [n for n in names if n in self.__dict__]

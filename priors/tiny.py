@@ -21,9 +21,12 @@ from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisi
                           CLIPVisionModelWithProjection)
 
 from priors.config import Config
+from priors.lpips import LPIPS
 
 WIDTH = 32
 """Cross-attention / text / image embedding width of the tiny models."""
+LPIPS_WIDTHS = (4, 8, 8, 16, 16)
+"""Channels of the tiny LPIPS's five VGG16 blocks (the real ones: 64, 128, 256, 512, 512)."""
 LDM_YAML = {
     "model": {"params": {
         "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
@@ -159,6 +162,17 @@ def write_sapiens(path: str, kind: str, seed: int = 0) -> None:
         torch.jit.save(torch.jit.script(TinySapiens(3 if kind == "normal" else 1)), path)
 
 
+def lpips(seed: int = 0) -> LPIPS:
+    """LPIPS with :data:`LPIPS_WIDTHS`: seeded random VGG16 convolutions, heads drawn in [0, 1)
+    (the trained heads are non-negative, so distances are too)."""
+    torch.manual_seed(seed)
+    model = LPIPS(LPIPS_WIDTHS)
+    with torch.no_grad():
+        for head in model.heads:
+            head.model[1].weight.uniform_(0.0, 1.0)
+    return model
+
+
 def write_weights(folder: str | Path, seed: int = 0) -> Config:
     """Write every weight the presets need, at tiny size, in the layout :mod:`priors.weights` expects.
 
@@ -183,4 +197,5 @@ def write_weights(folder: str | Path, seed: int = 0) -> Config:
     for kind in ("normal", "depth"):
         (root / getattr(cfg, f"sapiens_{kind}")).mkdir(parents=True, exist_ok=True)
         write_sapiens(str(root / getattr(cfg, f"sapiens_{kind}") / getattr(cfg, f"sapiens_{kind}_file")), kind, seed)
+    lpips(seed).save_pretrained(root / cfg.lpips)
     return cfg

@@ -24,6 +24,10 @@ STAGES = ("preprocess", "geometry_init", "geometry_sculpt", "texture_coarse", "t
 RENAMED_IDS = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 """Hub ids that moved, old id -> current id (runwayml's SD 1.5 left the Hub in 2024)."""
 
+LPIPS_MADE_BY = ("make it from torchvision's vgg16-397923af.pth and the lpips package's weights/v0.1/vgg.pth "
+                 "with priors.lpips.convert_lpips_weights(vgg_pth, lin_pth, out_dir), out_dir being "
+                 "<weights_dir>/lpips or an absolute folder named by priors.lpips")
+"""How a user makes the ``lpips`` weight (see :mod:`priors.lpips`; no Hub repository holds it as safetensors)."""
 _UNET = (("unet/config.json",), ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"))
 _SD_PARTS = (
     ("vae/config.json",), ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"),
@@ -50,6 +54,9 @@ class WeightSpec:
     """What the network does, for reports."""
     repo_type: str = "model"
     """``model`` or ``dataset``."""
+    made_by: str = ""
+    """How a user makes the files when ``repo_id`` is no Hub repository (then ``pull`` skips it
+    and the missing-weight error says this instead)."""
 
 
 @dataclass
@@ -128,6 +135,8 @@ def all_weights(cfg: Config) -> dict[str, WeightSpec]:
                                      "Sapiens normal estimator"),
         "sapiens_depth": WeightSpec("sapiens_depth", cfg.sapiens_depth, ((cfg.sapiens_depth_file,),),
                                     "Sapiens depth estimator"),
+        "lpips": WeightSpec("lpips", cfg.lpips, (("vgg16.safetensors",), ("vgg_lin.safetensors",)),
+                            "LPIPS VGG16 perceptual loss", made_by=LPIPS_MADE_BY),
     }
     return {k: replace(s, repo_id=current_id(s.repo_id)) for k, s in specs.items()}
 
@@ -135,16 +144,18 @@ def all_weights(cfg: Config) -> dict[str, WeightSpec]:
 STAGE_WEIGHTS = {
     "preprocess": ("sapiens_normal", "sapiens_depth"),
     "geometry_init": ("sd15", "prior_2d", "prior_3d"),
-    "geometry_sculpt": ("normal_adapted", "depth_adapted"),
+    "geometry_sculpt": ("normal_adapted", "depth_adapted", "lpips"),
     "texture_coarse": ("sd15", "prior_2d", "prior_3d"),
-    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal"),
+    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal", "lpips"),
 }
 """Weights each stage loads (keys of :func:`all_weights`)."""
 
 LOSS_GATES = {
     "geometry_init": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
-    "geometry_sculpt": {"normal_adapted": ("lambda_sds_normal",), "depth_adapted": ("lambda_sds_depth",)},
+    "geometry_sculpt": {"normal_adapted": ("lambda_sds_normal",), "depth_adapted": ("lambda_sds_depth",),
+                        "lpips": ("lambda_normal_lpips",)},
     "texture_coarse": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
+    "texture_refine": {"lpips": ("lambda_lpips",)},
 }
 """Weights a stage loads only for a loss: not needed when each loss weight named is 0 all along."""
 
@@ -265,10 +276,10 @@ def format_report(rows: list[CheckRow]) -> str:
 
 def missing_error(row: CheckRow) -> MissingWeightError:
     """The one-line error for a weight that is not complete."""
+    how = row.spec.made_by or "run `geneman weights pull` or copy them there"
     return MissingWeightError(
         f"missing weight {row.spec.key}: id {row.spec.repo_id!r}, file(s) {', '.join(row.missing)}, "
-        f"expected in {row.folder}; run `geneman weights pull` or copy them there (layout: "
-        f"<weights_dir>/<id>/<file>)")
+        f"expected in {row.folder}; {how} (layout: <weights_dir>/<id>/<file>)")
 
 
 def resolve(cfg: Config, spec: WeightSpec) -> Path:
@@ -318,7 +329,8 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any
 
     The CLI passes ``cfg.priors`` and the stage names; files go to ``<weights_dir>/<id>/`` when
     ``weights_dir`` is set, else to the Hugging Face cache. Returns one line per weight
-    (``downloaded``, ``already present`` or the download error) for the CLI to print.
+    (``downloaded``, ``already present``, the download error, or for a weight no Hub repository
+    holds, :attr:`WeightSpec.made_by`) for the CLI to print.
     """
     from huggingface_hub import HfApi, snapshot_download
 
@@ -329,6 +341,9 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any
             report.append(f"{row.spec.key}: already present in {row.folder}{old}")
             continue
         local = str(local_folder(cfg, row.spec)) if cfg.weights_dir else None
+        if row.spec.made_by:
+            report.append(f"{row.spec.key}: not on the Hugging Face Hub; {row.spec.made_by}")
+            continue
         try:
             listing = HfApi().list_repo_files(row.spec.repo_id, repo_type=row.spec.repo_type)
             path = snapshot_download(row.spec.repo_id, repo_type=row.spec.repo_type, local_dir=local,

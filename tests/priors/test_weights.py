@@ -32,8 +32,8 @@ def test_required_weights_per_stage():
     keys = [s.key for s in required_weights(cfg, ["geometry_init", "texture_coarse"])]
     assert keys == ["sd15", "prior_2d", "prior_3d"]
     assert [s.key for s in required_weights(cfg, ["texture_refine"])] == ["normal_aligned", "prior_2d",
-                                                                         "controlnet_normal"]
-    assert len(required_weights(cfg)) == 9
+                                                                         "controlnet_normal", "lpips"]
+    assert len(required_weights(cfg)) == 10
     with pytest.raises(ValueError, match="unknown stage"):
         required_weights(cfg, ["stage_5"])
 
@@ -45,11 +45,14 @@ def test_weights_of_losses_weighted_zero_throughout_are_not_needed():
         run = load_config("release", None, sets)
         return [s.key for s in required_weights(run.priors, stages, run)]
 
-    assert keys([]) == ["sd15", "prior_2d", "prior_3d", "normal_adapted", "depth_adapted"]
+    assert keys([]) == ["sd15", "prior_2d", "prior_3d", "normal_adapted", "depth_adapted", "lpips"]
     no_3d = ["geometry_init.lambda_sds_3d=0", "texture_coarse.lambda_sds_3d=0"]
-    assert keys(no_3d) == ["sd15", "prior_2d", "normal_adapted", "depth_adapted"]
+    assert keys(no_3d) == ["sd15", "prior_2d", "normal_adapted", "depth_adapted", "lpips"]
     assert sorted(keys(no_3d[:1])) == sorted(keys([]))  # stage 3 still uses the 3D prior
-    assert keys(["geometry_sculpt.lambda_sds_depth=0"], ("geometry_sculpt",)) == ["normal_adapted"]
+    assert keys(["geometry_sculpt.lambda_sds_depth=0"], ("geometry_sculpt",)) == ["normal_adapted", "lpips"]
+    no_lpips = ["geometry_sculpt.lambda_normal_lpips=0", "texture_refine.lambda_lpips=0"]
+    assert "lpips" not in keys(no_lpips, ("geometry_sculpt", "texture_refine"))
+    assert "lpips" in keys(no_lpips[:1], ("geometry_sculpt", "texture_refine"))  # stage 4 still uses it
     # a schedule that is 0 at first but not later still needs its weights
     ramp = "geometry_init.lambda_sds_3d={start: 0, end: 0.3, begin: 100, until: 200}"
     assert keys([ramp], ("geometry_init",)) == ["sd15", "prior_2d", "prior_3d"]
@@ -96,12 +99,12 @@ def test_weights_check_report(weights, tmp_path):
     rows = check(weights)
     assert all(r.found for r in rows)
     report = format_report(rows)
-    assert report.splitlines()[-1] == "9/9 weights found"
+    assert report.splitlines()[-1] == "10/10 weights found"
     (tmp_path / "wwt117" / "GeneMAN").mkdir(parents=True)
     empty = format_report(check(Config(weights_dir=str(tmp_path)), ["texture_refine"]))
     assert "prior_2d           MISSING" in empty
     assert "missing file: pretrained_models/geneman-prior2d/config.json" in empty
-    assert empty.splitlines()[-1].startswith("0/3 weights found; run `geneman weights pull`")
+    assert empty.splitlines()[-1].startswith("0/4 weights found; run `geneman weights pull`")
 
 
 def test_save_pretrained_then_from_pretrained_offline(weights):
@@ -145,7 +148,7 @@ def test_priors_weighted_zero_are_never_loaded_nor_needed(weights, tmp_path):
     shutil.rmtree(folder / cfg.depth_adapted)
     zero = Ramp(0.0, 0.0)
     run = NS(geometry_init=NS(lambda_sds=Ramp(0.1, 0.1), lambda_sds_3d=zero),
-             geometry_sculpt=NS(lambda_sds_normal=Ramp(1.0, 1.0), lambda_sds_depth=zero))
+             geometry_sculpt=NS(lambda_sds_normal=Ramp(1.0, 1.0), lambda_sds_depth=zero, lambda_normal_lpips=zero))
     priors = PriorSet(cfg, "cpu")
     priors.check(["geometry_init", "geometry_sculpt"], run)
     with pytest.raises(MissingWeightError, match="prior_3d"):
@@ -206,7 +209,8 @@ def test_pull_fetches_the_chosen_files_into_the_weights_folder(tmp_path, monkeyp
     assert control[1] == str(tmp_path / cfg.controlnet_normal)
     assert control[2] == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert report[2] == f"controlnet_normal: downloaded to {tmp_path / cfg.controlnet_normal}"
-    assert report[3].startswith("sapiens_normal: download failed (OSError: no network)")
+    assert report[3].startswith("lpips: not on the Hugging Face Hub")
+    assert report[4].startswith("sapiens_normal: download failed (OSError: no network)")
 
 
 OLD_SD15, NEW_SD15 = "runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5"
