@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from evaluation.meshes import as_subject_mesh
 from stages.render.cameras import Cameras, focal_length, reference_camera
@@ -51,7 +50,8 @@ class Framing:
 
     def to_dict(self) -> dict:
         """JSON-ready form (for bench.json)."""
-        return {"scale": float(self.scale), "translation": self.translation.tolist(), "rotation": self.rotation.tolist()}
+        return {"scale": float(self.scale), "translation": self.translation.tolist(),
+                "rotation": self.rotation.tolist()}
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.meshes import SubjectMesh, as_subject_mesh
+from evaluation.meshes import as_subject_mesh
 from stages.inputs import Inputs
 from stages.render.antialias import antialias, build_topology
 from stages.render.cameras import Cameras, reference_camera

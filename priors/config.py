@@ -41,7 +41,8 @@ class Config:
     sapiens_depth_file: str = "sapiens_2b_render_people_epoch_25_torchscript.pt2"
     """TorchScript file of the Sapiens depth estimator inside ``sapiens_depth``."""
     lpips: str = "lpips"
-    """Folder of the LPIPS VGG16 weights (``vgg16.safetensors``, ``vgg_lin.safetensors``) under ``weights_dir``, or an absolute folder; made once with ``priors.lpips.convert_lpips_weights``."""
+    """Folder of the LPIPS VGG16 weights (``vgg16.safetensors``, ``vgg_lin.safetensors``) under
+    ``weights_dir``, or an absolute folder; made once with ``priors.lpips.convert_lpips_weights``."""
     sapiens_optional: bool = False
     """Missing Sapiens weights disable the depth / normal losses with a warning instead of stopping."""
     cfg_variant: str = field(default="release", metadata={"choices": ("standard", "release")})

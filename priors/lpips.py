@@ -32,7 +32,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from priors.config import Config
@@ -128,8 +127,8 @@ class LPIPS(nn.Module):
     def __init__(self, widths: tuple[int, ...] = VGG16_WIDTHS):
         super().__init__()
         self.vgg = VGG16Features(widths)
-        for l, width in enumerate(widths):
-            setattr(self, f"lin{l}", LinearHead(width))
+        for i, width in enumerate(widths):
+            setattr(self, f"lin{i}", LinearHead(width))
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
         self.eval().requires_grad_(False)
@@ -137,7 +136,7 @@ class LPIPS(nn.Module):
     @property
     def heads(self) -> list[LinearHead]:
         """``lin0..lin4`` in order."""
-        return [getattr(self, f"lin{l}") for l in range(5)]
+        return [getattr(self, f"lin{i}") for i in range(5)]
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """[B, 3, H, W] image in [0, 1] -> the five taps, each unit-normalised across channels."""
@@ -158,7 +157,8 @@ class LPIPS(nn.Module):
         Returns:
             [B] distances, 0 for equal images.
         """
-        assert a.shape == b.shape and a.dim() == 4 and a.shape[1] == 3, f"expected two [B, 3, H, W], got {a.shape}, {b.shape}"
+        assert a.shape == b.shape and a.dim() == 4 and a.shape[1] == 3, \
+            f"expected two [B, 3, H, W], got {a.shape}, {b.shape}"
         total = 0.0
         for fa, fb, head in zip(self.features(a), self.features(b), self.heads):
             # 4. eq. 1: ||w_l (.) (y^l - y0^l)||^2 summed over channels: the 1x1 head on squared

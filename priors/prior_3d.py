@@ -108,7 +108,8 @@ class Zero123SDS:
             raise RuntimeError("Zero123SDS.set_reference must be called before guidance")
         p, n = self.parts, latents_noisy.shape[0]
         # 1. context: cc_projection([CLIP(ref), camera]); unconditional context is zero (Sec. 3.2)
-        ctx = p.cc_projection(torch.cat([self.c_crossattn.expand(n, -1, -1), camera], dim=-1).to(p.cc_projection.weight.dtype))
+        ctx_in = torch.cat([self.c_crossattn.expand(n, -1, -1), camera], dim=-1)
+        ctx = p.cc_projection(ctx_in.to(p.cc_projection.weight.dtype))
         ctx = torch.cat([torch.zeros_like(ctx), ctx])
         # 2. input: [z_t, latent of the reference] on 8 channels; unconditional latent is zero
         concat = self.c_concat.expand(n, -1, -1, -1)

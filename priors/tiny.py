@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
-                          CLIPVisionModelWithProjection)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from priors.config import Config
 from priors.lpips import LPIPS

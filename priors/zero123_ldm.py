@@ -13,9 +13,12 @@ from pathlib import Path
 import torch
 import yaml
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
-                                                 create_unet_diffusers_config_from_ldm,
-                                                 create_vae_diffusers_config_from_ldm)
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    create_unet_diffusers_config_from_ldm,
+    create_vae_diffusers_config_from_ldm,
+)
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from priors.zero123_parts import Zero123Parts

@@ -18,8 +18,17 @@ from stages import losses as L
 from stages import previews
 from stages.common import GuidanceConfig, HashGridConfig, OptimConfig, OrbitCameraConfig
 from stages.inputs import Inputs
-from stages.loop import (active, autocast, generator, guidance_term, make_optimizer, seed_from_torch,
-                         stage_device, weighted_sum, weights_at)
+from stages.loop import (
+    active,
+    autocast,
+    generator,
+    guidance_term,
+    make_optimizer,
+    seed_from_torch,
+    stage_device,
+    weighted_sum,
+    weights_at,
+)
 from stages.mesh_result import MeshResult
 from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit
 from stages.render.fields import DensityField, density_normals
@@ -52,7 +61,8 @@ class Config:
     """Scale of the initial density blob (Magic3D initialisation)."""
     density_blob_std: float = 0.5
     """Standard deviation of the initial density blob."""
-    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(start_level=8, start_step=2000, update_steps=500))
+    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(
+        start_level=8, start_step=2000, update_steps=500))
     """Progressive hash grid of the density / albedo field."""
     camera: OrbitCameraConfig = field(default_factory=OrbitCameraConfig)
     """Reference and random cameras."""
@@ -241,7 +251,8 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     c = cfg.camera
     ref_cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
     field_ = build_field(cfg).to(device)
-    occ = OccupancyGrid(cfg.radius, cfg.occupancy_resolution, 2 * cfg.radius * 1.7320508 / cfg.samples_per_ray).to(device)
+    step_size = 2 * cfg.radius * 1.7320508 / cfg.samples_per_ray  # the longest ray in the sphere's cube / samples
+    occ = OccupancyGrid(cfg.radius, cfg.occupancy_resolution, step_size).to(device)
     opt = make_optimizer(cfg.optim, {"encoding": (list(field_.encoding.parameters()), cfg.optim.lr),
                                      "mlp": (list(field_.mlp.parameters()), cfg.optim.lr_other)})
     gen, cam_gen = generator(device, seed_from_torch()), generator(torch.device("cpu"), seed_from_torch())
@@ -266,7 +277,8 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
             # 3. render (normals only when a loss weighted now needs them)
             out = render(field_, occ, cams, res, cfg, active(w, *NORMAL_LOSSES), gen)
             # 4. losses: reference or guidance, then the regularisers
-            losses = reference_losses(out, ref, cfg, w) if is_ref else guidance_losses(out, cams, guide, cfg, w, step, gen)
+            losses = (reference_losses(out, ref, cfg, w) if is_ref
+                      else guidance_losses(out, cams, guide, cfg, w, step, gen))
             losses.update(regularisers(field_, out, cfg, w, gen))
             loss = weighted_sum(losses, w)
         # 5. step

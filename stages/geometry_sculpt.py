@@ -20,8 +20,17 @@ from stages import losses as L
 from stages import previews
 from stages.common import GuidanceConfig, HashGridConfig, OptimConfig, OrbitCameraConfig, PartCameraConfig
 from stages.inputs import Inputs
-from stages.loop import (active, autocast, ever_active, generator, guidance_term, make_optimizer, seed_from_torch,
-                         stage_device, weighted_sum, weights_at)
+from stages.loop import (
+    active,
+    autocast,
+    generator,
+    guidance_term,
+    make_optimizer,
+    seed_from_torch,
+    stage_device,
+    weighted_sum,
+    weights_at,
+)
 from stages.mesh_result import MeshResult
 from stages.render.antialias import build_topology
 from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit, sample_part_cameras

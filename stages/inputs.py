@@ -52,7 +52,8 @@ class Inputs:
         if self.landmarks is not None:
             tensors["landmarks"] = self.landmarks
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(folder / "inputs.safetensors"))
-        (folder / "meta.json").write_text(json.dumps({"prompt": self.prompt, "negative_prompt": self.negative_prompt}, indent=2))
+        meta = {"prompt": self.prompt, "negative_prompt": self.negative_prompt}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         rgba = torch.cat([self.rgb, self.mask[..., None]], dim=-1)
         _png(rgba, folder / "rgba.png")
         _png(self.mask, folder / "mask.png")
@@ -67,7 +68,8 @@ class Inputs:
         t = load_file(str(folder / "inputs.safetensors"))
         meta = json.loads((folder / "meta.json").read_text())
         return cls(rgb=t["rgb"], mask=t["mask"], depth=t.get("depth"), normal=t.get("normal"),
-                   landmarks=t.get("landmarks"), prompt=meta.get("prompt", ""), negative_prompt=meta.get("negative_prompt", ""))
+                   landmarks=t.get("landmarks"), prompt=meta.get("prompt", ""),
+                   negative_prompt=meta.get("negative_prompt", ""))
 
 
 def _png(x: torch.Tensor, path: Path) -> None:

@@ -97,7 +97,8 @@ def guidance_term(g: GuidanceConfig, weight: float, step: int, encode_size: int 
                 t_range=(ramp_value(g.min_t, step), ramp_value(g.max_t, step)), encode_size=encode_size)
 
 
-def make_optimizer(cfg: OptimConfig, groups: dict[str, tuple[list[torch.nn.Parameter], float]]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: OptimConfig,
+                   groups: dict[str, tuple[list[torch.nn.Parameter], float]]) -> torch.optim.Optimizer:
     """Adam / AdamW over named parameter groups ``{name: (params, lr)}`` (names kept in the groups)."""
     params = [{"params": p, "lr": lr, "name": name} for name, (p, lr) in groups.items() if p]
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(st)
     _batch_parser(sub)
     cli_tools.add_parsers(sub)
+    be = sub.add_parser("bench", help="measure the stages on a ground-truth mesh with the oracle guidance (no weights)")
+    be.add_argument("--subject", required=True,
+                    help="a GLB, OBJ or PLY mesh (+Y up, facing +Z), or a built-in subject: skirt, held_object, "
+                         "half_body, thin_limbs, front_back")
+    be.add_argument("-o", "--out", type=Path, required=True, help="bench folder (bench.json, recon.glb, run/)")
+    config_args(be, "cpu")
+    common(be)
     ex = sub.add_parser("export", help="write the final mesh of a finished run")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
@@ -122,6 +129,18 @@ def cmd_batch(args) -> int:
     return 0 if all(row[3] == "done" for row in rows) else 1
 
 
+def cmd_bench(args) -> int:
+    from pipeline.bench import run_bench
+    from pipeline.config import load_config
+
+    cfg = load_config(args.preset, args.config, cli_sets(args))
+    report = run_bench(args.subject, args.out, cfg, quiet=args.quiet)
+    keys = ("fscore", "normal_consistency", "chamfer_l1")
+    print(" ".join(f"{k}={report[k]:.4f}" for k in keys if k in report) + f" wall_s={report['wall_s']}")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'recon.glb'}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from pipeline.cli.status import status_text
 
@@ -138,7 +157,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch,
-            "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile}
+            "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,8 @@ def test_scene_is_flattened_with_its_transforms(tmp_path):
     for i, colour in enumerate(([200, 30, 30, 255], [30, 30, 200, 255])):
         box = trimesh.creation.box(extents=(1, 1, 1))
         box.visual.vertex_colors = colour
-        scene.add_geometry(box, node_name=f"box{i}", transform=trimesh.transformations.translation_matrix([10 * i, 0, 5]))
+        move = trimesh.transformations.translation_matrix([10 * i, 0, 5])
+        scene.add_geometry(box, node_name=f"box{i}", transform=move)
     scene.export(tmp_path / "boxes.glb")
     loaded = load_mesh(tmp_path / "boxes.glb")
     assert len(loaded.faces) == 24

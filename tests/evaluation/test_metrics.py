@@ -7,8 +7,17 @@ import torch
 import trimesh
 from skimage.metrics import structural_similarity
 
-from evaluation.metrics import (bbox_diagonal, chamfer_l1, fscore, geometry_metrics, normal_consistency, psnr,
-                                sample_surface, sampling_floor, ssim)
+from evaluation.metrics import (
+    bbox_diagonal,
+    chamfer_l1,
+    fscore,
+    geometry_metrics,
+    normal_consistency,
+    psnr,
+    sample_surface,
+    sampling_floor,
+    ssim,
+)
 
 SQUARE = (np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]), np.array([[0, 1, 2], [0, 2, 3]]))
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import trimesh
 
-from evaluation.framing import Framing, frame_subject, mask_box
+from evaluation.framing import frame_subject, mask_box
 from evaluation.meshes import SubjectMesh, from_trimesh
 from evaluation.truth import reference_inputs, render_truth
 from stages.inputs import Inputs

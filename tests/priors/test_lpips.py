@@ -33,10 +33,10 @@ def reference_lpips(state, a, b):
             x, i = F.max_pool2d(x, 2), i + 1
         return out
     total = 0
-    for l, (fa, fb) in enumerate(zip(taps(a), taps(b))):
+    for i, (fa, fb) in enumerate(zip(taps(a), taps(b))):
         na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        total = total + F.conv2d((na - nb) ** 2, state[f"lin{l}.model.1.weight"]).mean(dim=(1, 2, 3))
+        total = total + F.conv2d((na - nb) ** 2, state[f"lin{i}.model.1.weight"]).mean(dim=(1, 2, 3))
     return total
 
 
@@ -59,7 +59,7 @@ def test_the_feature_stack_is_torchvisions_vgg16_layout():
     assert [net.features[i].out_channels for i in (0, 5, 10, 17, 24)] == [64, 128, 256, 512, 512]
     assert sum(p.numel() for p in net.parameters()) == 14_714_688  # torchvision's vgg16 features
     heads = {k: v.shape for k, v in LPIPS().state_dict().items() if k.startswith("lin")}
-    assert heads == {f"lin{l}.model.1.weight": (1, c, 1, 1) for l, c in enumerate((64, 128, 256, 512, 512))}
+    assert heads == {f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
     with pytest.raises(ValueError, match="5 blocks"):
         VGG16Features((8, 16))
 
@@ -98,7 +98,7 @@ def _fake_pth(folder, widths=WIDTHS, drop=None):
             c_in, i = width, i + 2
         i += 1  # the max-pool
     vgg["classifier.0.weight"] = torch.randn(7, 5, generator=g)
-    lin = {f"lin{l}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for l, c in enumerate(widths)}
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for i, c in enumerate(widths)}
     for d in (vgg, lin):
         d.pop(drop, None)
     torch.save(vgg, folder / "vgg16-397923af.pth")

@@ -234,7 +234,8 @@ def test_a_copy_under_the_old_sd15_id_is_found_and_loaded(tmp_path):
     assert resolve(cfg, row.spec) == tmp_path / OLD_SD15
     prior = StableDiffusionSDS.from_pretrained(cfg, "cpu")
     assert prior.vae.config.scaling_factor > 0
-    assert pull(cfg, ["geometry_init"])[0] == f"sd15: already present in {tmp_path / OLD_SD15} (under the old id {OLD_SD15})"
+    expected = f"sd15: already present in {tmp_path / OLD_SD15} (under the old id {OLD_SD15})"
+    assert pull(cfg, ["geometry_init"])[0] == expected
     # a config that still names the old id looks under the current id first
     same = check(dataclasses.replace(cfg, sd15=OLD_SD15), ["geometry_init"])[0]
     assert same.spec.repo_id == NEW_SD15 and same.alias == OLD_SD15

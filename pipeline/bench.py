@@ -1,0 +1,147 @@
+"""``geneman bench``: the stages measured without weights, on a ground-truth mesh.
+
+The subject is framed as preprocess frames a photo, its reference photo (RGBA) is rendered from
+the reference camera, and a normal run folder is made from it through :func:`pipeline.run.session.start`,
+with two things swapped in: the true depth and normal maps in place of Sapiens', and the oracle
+guidance (:mod:`evaluation.oracle`) in place of the diffusion priors. Every stage that is built
+runs exactly as in ``geneman run``. Each stage's mesh is mapped back into the subject's own frame
+and units and compared with it; ``bench.json`` holds the figures, ``recon.glb`` the result.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from evaluation.framing import Framing, frame_subject
+from evaluation.meshes import SubjectMesh, load_mesh
+from evaluation.metrics import geometry_metrics
+from evaluation.oracle import OraclePriors
+from evaluation.subjects import SUBJECTS, write_subject
+from evaluation.truth import SubjectRenderer, normalised_depth, to_uint8
+from pipeline.config import RunConfig
+from pipeline.errors import InputError
+from pipeline.run import session
+from pipeline.run.models import resolve_device
+from pipeline.run.runner import DEFAULT_STAGES, StageSpec
+from pipeline.run.store import atomic_write_bytes
+from stages.render.cameras import reference_camera
+
+log = logging.getLogger("geneman")
+
+GEOMETRY_STAGES = ("geometry_init", "geometry_sculpt")
+RUN = "run"
+REFERENCE = "reference.png"
+
+
+def built_stages() -> tuple[StageSpec, ...]:
+    """The stages that exist (a module with ``run``); the others are left out of the bench."""
+    return tuple(s for s in DEFAULT_STAGES if hasattr(s.module, "run"))
+
+
+def subject_file(subject: str, out: Path) -> Path:
+    """The mesh file to bench: ``subject`` itself, or a built-in subject's name written to ``OUT/subject.glb``."""
+    path = Path(subject)
+    if path.exists():
+        return path
+    if subject in SUBJECTS:
+        out.mkdir(parents=True, exist_ok=True)
+        return write_subject(subject, out / "subject.glb")
+    raise InputError(f"subject {subject}: no such file, and not a built-in subject ({', '.join(SUBJECTS)}); "
+                     "give a GLB, OBJ or PLY mesh")
+
+
+def load_subject(path: Path) -> SubjectMesh:
+    """The subject mesh, or an InputError naming the file and what is wrong."""
+    try:
+        return load_mesh(path)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def reference_photo(renderer: SubjectRenderer, cfg: RunConfig, out: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Render the reference photo (RGBA PNG, white under the person) at the preprocess canvas, and the
+    true depth (normalised as preprocess expects, 1 = near) and camera-space normal maps."""
+    c = cfg.geometry_init.camera
+    cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
+    side = cfg.preprocess.canvas
+    maps = renderer(cam, side, side)
+    mask = maps["mask"][0, ..., 0]
+    rgba = torch.cat([maps["rgb"][0], mask[..., None]], dim=-1)
+    path = out / REFERENCE
+    Image.fromarray(to_uint8(rgba)).save(path)
+    inside = mask > 0.5
+    normal = torch.nn.functional.normalize(maps["normal"][0], dim=-1) * inside[..., None]
+    truth = {"depth": normalised_depth(maps["depth"][0, ..., 0], inside).numpy(), "normal": normal.numpy()}
+    return path, truth
+
+
+def true_depth_normal(truth: dict[str, np.ndarray]):
+    """A preprocess depth/normal hook that returns the true maps of the reference photo."""
+    def hook(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if rgb.shape[:2] != truth["depth"].shape:
+            raise InputError(f"bench: the photo is {rgb.shape[:2]}, the true maps {truth['depth'].shape}")
+        return truth["depth"], truth["normal"]
+    return hook
+
+
+def stage_report(run: Path, spec: StageSpec, subject: SubjectMesh, framing: Framing, seconds: float) -> dict | None:
+    """Geometry figures of one stage's mesh against the subject, in the subject's frame and units."""
+    folder = run / spec.folder / "result"
+    if not folder.is_dir():
+        return None
+    result = spec.module.Result.load(folder)
+    verts = getattr(result, "verts", None)
+    if verts is None:
+        return {"seconds": round(seconds, 1)}
+    mesh = trimesh.Trimesh(framing.to_subject(verts.double().numpy()), result.faces.numpy(), process=False)
+    ref = trimesh.Trimesh(subject.vertices, subject.faces, process=False)
+    figures = geometry_metrics(mesh, ref)
+    figures["seconds"] = round(seconds, 1)
+    return figures
+
+
+def recon_glb(run: Path, spec: StageSpec, framing: Framing, out: Path) -> Path:
+    """The last stage's mesh in the subject's frame and units as ``OUT/recon.glb``."""
+    result = spec.module.Result.load(run / spec.folder / "result")
+    mesh = result.to_trimesh()
+    mesh.vertices = framing.to_subject(np.asarray(mesh.vertices, dtype=np.float64))
+    path = out / "recon.glb"
+    atomic_write_bytes(path, mesh.export(file_type="glb"))
+    return path
+
+
+def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
+    """Bench the built stages on ``subject`` (a mesh file or a built-in name) into ``out``."""
+    t0 = time.monotonic()
+    out = Path(out)
+    path = subject_file(subject, out)
+    mesh = load_subject(path)
+    out.mkdir(parents=True, exist_ok=True)
+    framing = frame_subject(mesh, cfg.preprocess.canvas, cfg.preprocess.fill)
+    renderer = SubjectRenderer(mesh, framing)
+    photo, truth = reference_photo(renderer, cfg, out)
+    stages = built_stages()
+    priors = OraclePriors(renderer, device=resolve_device(cfg.device))
+    session.start(photo, out / RUN, cfg, stages=stages, priors=priors, depth_normal=true_depth_normal(truth),
+                  quiet=quiet)
+    manifest = json.loads((out / RUN / "run.json").read_text())
+    report: dict[str, Any] = {"subject": str(path), "framing": framing.to_dict(), "stages": {}}
+    for spec in stages:
+        seconds = float(manifest["stages"].get(spec.name, {}).get("elapsed_s", 0.0))
+        figures = stage_report(out / RUN, spec, mesh, framing, seconds)
+        if figures is not None:
+            report["stages"][spec.name] = figures
+    last_geometry = [s for s in stages if s.name in GEOMETRY_STAGES][-1]
+    report.update({k: v for k, v in report["stages"][last_geometry.name].items() if k != "seconds"})
+    recon_glb(out / RUN, stages[-1], framing, out)
+    report["wall_s"] = round(time.monotonic() - t0, 1)
+    atomic_write_bytes(out / "bench.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report

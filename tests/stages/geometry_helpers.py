@@ -1,0 +1,48 @@
+"""Shared by the geometry-stage tests: tiny sizes for any preset, inputs of a generated subject, and a
+checkpointer that records the loss dicts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from evaluation.framing import frame_subject
+from evaluation.subjects import make_subject
+from evaluation.truth import reference_inputs
+from pipeline.config import load_config
+
+TINY = {
+    "geometry_init": ["resolutions=[32,32]", "samples_per_ray=16", "mesh_resolution=32", "grid.log2_hashmap_size=12",
+                      "occupancy_resolution=16", "encode_resolution=0", "ray_chunk=4096", "smooth_points=256",
+                      "preview_every=0", "mesh_level=1.0"],
+    "geometry_sculpt": ["resolution=32", "tet_grid=32", "grid.log2_hashmap_size=12", "sdf_points=500",
+                        "init_steps=20", "init_points=2000", "encode_resolution=0", "preview_every=0"],
+}
+
+
+def tiny_config(preset: str, extra: list[str] = ()):
+    """``preset`` with its loss weights and schedules as they are and every size made tiny."""
+    sets = [f"{stage}.{s}" for stage, items in TINY.items() for s in items] + ["preprocess.canvas=64"]
+    return load_config(preset, None, sets + list(extra))
+
+
+def subject_inputs(name: str = "half_body", canvas: int = 64):
+    """What preprocess makes of a generated subject's photo (true depth and normal)."""
+    subject = make_subject(name)
+    return reference_inputs(subject, frame_subject(subject, canvas), canvas)
+
+
+@dataclass
+class RecordingCheckpoint:
+    """A ``Checkpoint`` that starts at ``start`` and records each step's losses (no files but previews)."""
+
+    folder: Path
+    start: int = 0
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+    def resume(self, objects) -> int:
+        return self.start
+
+    def step_done(self, step, losses, objects) -> None:
+        self.losses.append({k: float(torch.as_tensor(v)) for k, v in losses.items()})

@@ -1,0 +1,83 @@
+"""SIGKILL in the middle of stage 1 and of stage 2 (the real stages, tiny priors, the real CLI), then
+``geneman resume``: both stages' results are bitwise those of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from evaluation.framing import frame_subject
+from evaluation.subjects import make_subject
+from evaluation.truth import render_truth, to_uint8
+from priors import tiny
+from stages.render.cameras import reference_camera
+from tests.stages.geometry_helpers import TINY
+
+RESULTS = ("01_geometry_init", "02_geometry_sculpt")
+SETS = ([f"{stage}.{s}" for stage, items in TINY.items() for s in items]
+        + ["preprocess.canvas=64", "preprocess.depth_normal=false", "preprocess.landmarks=false",
+           "geometry_init.steps=16", "geometry_sculpt.steps=10", "checkpoint.every_n_steps=2",
+           "checkpoint.keep_last=2"])
+
+
+def geneman(*args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.cli.main", *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def run_args(photo: Path, out: Path, weights: Path) -> list[str]:
+    return ["run", str(photo), "-o", str(out), "--preset", "cpu", "--weights", str(weights), "--quiet",
+            *[a for s in SETS for a in ("--set", s)]]
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, ckpt: Path, min_step: int = 2) -> None:
+    """SIGKILL ``proc`` once a checkpoint at ``min_step`` or later is complete (its digest written)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if any(int(p.name[5:13]) >= min_step for p in ckpt.glob("step_*.pt.sha256")):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        assert proc.poll() is None, f"the run ended before {ckpt} had a checkpoint: {proc.stderr.read()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint in {ckpt} within 300 s")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    tiny.write_weights(tmp / "weights")
+    subject = make_subject("front_back")
+    maps = render_truth(subject, reference_camera(), 64, 64, frame_subject(subject, 64))
+    photo = tmp / "photo.png"
+    import torch
+    Image.fromarray(to_uint8(torch.cat([maps["rgb"][0], maps["mask"][0]], dim=-1))).save(photo)
+    return tmp, photo
+
+
+def test_sigkill_in_stage_1_and_stage_2_then_resume_is_bitwise(setup):
+    tmp, photo = setup
+    straight = tmp / "straight"
+    r = geneman(*run_args(photo, straight, tmp / "weights"))
+    assert r.returncode == 3, r.stderr  # the texture stages are not built: the run stops after stage 2
+    cut = tmp / "cut"
+    kill_after_checkpoint(geneman(*run_args(photo, cut, tmp / "weights"), wait=False), cut / RESULTS[0] / "ckpt")
+    assert not (cut / RESULTS[0] / "result").exists()
+    proc = geneman("resume", str(cut), "--weights", str(tmp / "weights"), "--quiet", wait=False)
+    kill_after_checkpoint(proc, cut / RESULTS[1] / "ckpt")
+    assert (cut / RESULTS[0] / "result").is_dir() and not (cut / RESULTS[1] / "result").exists()
+    r = geneman("resume", str(cut), "--weights", str(tmp / "weights"), "--quiet")
+    assert r.returncode == 3, r.stderr
+    for folder in RESULTS:
+        for name in ("mesh.safetensors", "state.safetensors"):
+            a, b = (straight / folder / "result" / name).read_bytes(), (cut / folder / "result" / name).read_bytes()
+            assert a == b, f"{folder}/{name} differs after SIGKILL and resume"
