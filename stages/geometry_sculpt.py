@@ -34,7 +34,7 @@ from stages.loop import (
 from stages.mesh_result import MeshResult
 from stages.render.antialias import build_topology
 from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit, sample_part_cameras
-from stages.render.dmtet import band_cubes, band_grid, marching_tets
+from stages.render.dmtet import band_cubes, band_grid, marching_tets_cubes
 from stages.render.fields import MLP
 from stages.render.hashgrid import HashGrid
 from stages.render.layout import to_channels_first
@@ -207,10 +207,11 @@ def guidance_cameras(cfg: "Config", centres: Tensor | None, gen: torch.Generator
 
 @dataclass
 class Grid:
-    """The band of the tet grid: vertex positions ``[V, 3]`` and tets ``[T, 4]``."""
+    """The band of the tet grid: vertex positions ``[V, 3]`` and each band cube's corner ids ``[C, 8]``
+    (6 tets a cube)."""
 
     verts: Tensor
-    tets: Tensor
+    cubes: Tensor
 
     @classmethod
     def around(cls, target: MeshSDF, cfg: "Config", device: torch.device) -> "Grid":
@@ -219,14 +220,14 @@ class Grid:
         while coarse > 16 and coarse % 2 == 0:
             coarse //= 2
         cubes = band_cubes(target, cfg.tet_grid, cfg.bound, cfg.band, coarse)
-        verts, tets = band_grid(cubes, cfg.tet_grid, cfg.bound)
-        return cls(verts.to(device), tets.to(device))
+        verts, corners = band_grid(cubes, cfg.tet_grid, cfg.bound)
+        return cls(verts.to(device), corners.to(device))
 
 
 def extract(net: SDFNetwork, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
     """Marching tets of the network's SDF on the deformed band: mesh ``[M, 3]``, ``[K, 3]`` and the SDF ``[V]``."""
     sdf, offset = net(grid.verts)
-    verts, faces = marching_tets(grid.verts + offset, grid.tets, sdf)
+    verts, faces = marching_tets_cubes(grid.verts + offset, grid.cubes, sdf)
     return verts, faces, sdf
 
 
@@ -334,7 +335,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     start = ckpt.resume(objects)
     if start == 0:
         log.info("geometry_sculpt: %d tets in a %.0f-cell band of the %d^3 grid; fitting the SDF to the stage-1 mesh",
-                 grid.tets.shape[0], cfg.band, cfg.tet_grid)
+                 6 * grid.cubes.shape[0], cfg.band, cfg.tet_grid)
         fit_sdf(net, target, grid.verts.cpu(), cfg, init_gen)
     centres = part_centres(inputs, cfg)
     if centres is None and cfg.parts.enabled:

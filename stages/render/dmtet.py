@@ -179,10 +179,27 @@ def band_cubes(sdf_fn, resolution: int, bound: float = 1.0, band: float = 2.0, c
 
 
 def band_grid(cubes: Tensor, resolution: int, bound: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The tets of ``cubes`` ``[C, 3]`` with their vertices only: ``[V, 3]`` positions and ``[6 C, 4]``
-    tets indexing them (a compact version of :func:`tet_grid` restricted to a band)."""
-    tets = cube_tets(cubes, resolution)
-    ids, inverse = torch.unique(tets.reshape(-1), return_inverse=True)
+    """The corners of ``cubes`` ``[C, 3]`` as a compact vertex set: ``[V, 3]`` positions and ``[C, 8]``
+    vertex ids of each cube's corners (corner ``c = x + 2 y + 4 z``), for :func:`marching_tets_cubes`
+    (a band-restricted :func:`tet_grid`: its tets are :func:`cube_tets` of the same cubes)."""
     n = resolution + 1
+    bits = torch.tensor([[c & 1, c >> 1 & 1, c >> 2 & 1] for c in range(8)], device=cubes.device)
+    corners = cubes[:, None, :] + bits
+    vid = (corners[..., 0] * n + corners[..., 1]) * n + corners[..., 2]
+    ids, inverse = torch.unique(vid.reshape(-1), return_inverse=True)
     ijk = torch.stack([ids // (n * n), ids // n % n, ids % n], dim=-1).float()
-    return ijk * (2 * bound / resolution) - bound, inverse.reshape(-1, 4)
+    return ijk * (2 * bound / resolution) - bound, inverse.reshape(-1, 8)
+
+
+def marching_tets_cubes(verts: Tensor, corners: Tensor, sdf: Tensor) -> tuple[Tensor, Tensor]:
+    """Marching tets over the 6-tet split of cubes given by their corner vertex ids ``[C, 8]``, splitting
+    only the cubes whose corners change sign (same surface as :func:`marching_tets` on all their tets).
+
+    Args:
+        verts: ``[V, 3]`` (deformed) vertices; corners: ``[C, 8]`` ids into them; sdf: ``[V]``.
+    """
+    with torch.no_grad():
+        pos = (sdf > 0)[corners]
+        mixed = pos.any(1) & ~pos.all(1)
+        tets = corners[mixed][:, _CUBE_TETS.to(corners.device)].reshape(-1, 4)
+    return marching_tets(verts, tets, sdf)

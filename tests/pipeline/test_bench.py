@@ -1,0 +1,69 @@
+"""``geneman bench``: the figures are right on a known answer, the report and the reconstruction land
+in the subject's frame, bad subjects get one line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import trimesh
+
+from evaluation.framing import frame_subject
+from evaluation.meshes import load_mesh
+from evaluation.subjects import write_subject
+from pipeline.bench import stage_report
+from pipeline.run.runner import DEFAULT_STAGES
+from stages import geometry_init
+from tests.stages.geometry_helpers import TINY
+
+
+def test_a_reconstruction_equal_to_its_subject_scores_perfectly(tmp_path):
+    path = write_subject("half_body", tmp_path / "s.glb")
+    subject = load_mesh(path)
+    framing = frame_subject(subject, 64)
+    verts = torch.as_tensor(framing.to_scene(subject.vertices), dtype=torch.float32)
+    folder = tmp_path / "run" / "01_geometry_init" / "result"
+    folder.mkdir(parents=True)
+    geometry_init.Result(verts, torch.as_tensor(subject.faces)).save(folder)
+    figures = stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0)
+    assert figures["fscore"] == 1.0 and figures["normal_consistency"] > 0.999
+    assert figures["chamfer_l1"] < 0.003  # sampling noise only, subject units (metres)
+    shifted = subject.vertices + np.array([0.05, 0, 0])  # 5 cm, far beyond tau (1 % of the diagonal)
+    geometry_init.Result(torch.as_tensor(framing.to_scene(shifted), dtype=torch.float32),
+                         torch.as_tensor(subject.faces)).save(folder)
+    assert stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0)["fscore"] < 0.3
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", "bench", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
+    sets = [f"{stage}.{s}" for stage, items in TINY.items() for s in items] + [
+        "preprocess.canvas=64", "preprocess.landmarks=false", "geometry_init.steps=6", "geometry_sculpt.steps=4"]
+    r = bench("--subject", "thin_limbs", "-o", str(tmp_path / "b"), "--quiet", *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(report["stages"]) == {"geometry_init", "geometry_sculpt"}  # the texture stages are not built
+    for figures in report["stages"].values():
+        assert {"chamfer_l1", "normal_consistency", "fscore", "seconds"} <= set(figures)
+    assert report["fscore"] == report["stages"]["geometry_sculpt"]["fscore"] and report["wall_s"] > 0
+    recon = trimesh.load(tmp_path / "b" / "recon.glb", force="mesh")
+    subject = trimesh.load(tmp_path / "b" / "subject.glb", force="mesh")
+    # in the subject's own frame and units: the two boxes overlap and have the same scale
+    assert np.abs(recon.bounds.mean(0) - subject.bounds.mean(0)).max() < 0.3
+    assert 0.5 < recon.extents.max() / subject.extents.max() < 2.0
+    assert "fscore=" in r.stdout and (tmp_path / "b" / "run" / "run.json").is_file()
+
+
+def test_bad_subject_is_one_line_exit_2(tmp_path):
+    r = bench("--subject", str(tmp_path / "nope.glb"), "-o", str(tmp_path / "b"))
+    assert r.returncode == 2 and "nope.glb" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty.obj").write_text("# nothing\n")
+    r = bench("--subject", str(tmp_path / "empty.obj"), "-o", str(tmp_path / "c"))
+    assert r.returncode == 2 and "empty.obj" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
