@@ -121,7 +121,7 @@ def _only_leftovers(store: RunStore) -> bool:
         if p.name == PREPROCESS and p.is_dir() and not p.is_symlink():
             if not all(q.is_file() and ours(q, ("photo", "mask_input")) for q in p.iterdir()):
                 return False
-        elif not (p.is_file() and ours(p, (LOCK, CONFIG))):
+        elif not ((p.is_file() or p.is_symlink()) and ours(p, (LOCK, CONFIG))):
             return False
     return True
 
