@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -26,6 +27,14 @@ from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refin
 from stages.schedule import Ramp
 
 PRESETS = ("paper", "release", "cpu")
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file (or run folder's config.yaml) larger than this is refused."""
+INVOCATION_ONLY = {"priors.trust_prior_3d_pickle": "--trust-prior-3d-pickle", "priors.trust_weights": "--trust-weights"}
+"""Keys that only a command-line flag of one invocation sets: never read from a config layer, never stored."""
+WEIGHT_LOCATIONS = ("weights_dir", "sd15", "geneman_repo", "prior_2d_subfolder", "prior_3d_ckpt", "prior_3d_yaml",
+                    "prior_3d_diffusers", "normal_adapted", "depth_adapted", "normal_aligned", "controlnet_normal",
+                    "sapiens_normal", "sapiens_normal_file", "sapiens_depth", "sapiens_depth_file", "lpips")
+"""``priors.*`` fields naming where weights are read from: a run folder's values are not trusted on resume."""
 
 
 @dataclass
@@ -88,18 +97,66 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("configs").joinpath(f"{name}.yaml")))
 
 
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses anchors and aliases (a 238-byte alias bomb expands to gigabytes)."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise ConfigError(f"{source}: YAML anchors and aliases (&name, *name) are not allowed in configs; "
+                                  "write the values out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few kilobytes")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    data = safe_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def _schema_default(key: str) -> Any:
+    """The schema default at dotted ``key`` of RunConfig, or None when there is no such key."""
+    node: Any = RunConfig()
+    for part in key.split("."):
+        if not is_dataclass(node) or isinstance(node, Ramp) or part not in {f.name for f in fields(node)}:
+            return None
+        node = getattr(node, part)
+    return node
+
+
+def parse_set_value(key: str, raw: str) -> Any:
+    """An ``--set`` value as the field's type reads it: text as given for text fields, numbers as numbers
+    (``1e3`` too), ``true``/``false`` for flags; lists and mappings as YAML flow (``[glb, obj]``)."""
+    default = _schema_default(key)
+    if isinstance(default, str):
+        return raw
+    text = raw.strip()
+    if isinstance(default, bool):
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if isinstance(default, int) and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if isinstance(default, (int, float, Ramp)):
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if not text:
+        return ""
+    return safe_yaml(text, f"--set {key}")
 
 
 def _parse_sets(sets: list[str]) -> dict:
@@ -108,7 +165,7 @@ def _parse_sets(sets: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set '{item}' must look like a.b=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_set_value(key.strip(), raw)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -130,6 +187,11 @@ def _check_keys(data: dict, schema: Any, prefix: str, source: str) -> dict:
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
             raise ConfigError(f"{source}: unknown config key '{full}'{hint}")
         sub = getattr(schema, key)
+        if full in INVOCATION_ONLY and value not in (False, None):
+            raise ConfigError(f"{source}: {full} is not read from configs or run folders; pass "
+                              f"{INVOCATION_ONLY[full]} on the command line (it holds for that command only)")
+        if full in INVOCATION_ONLY:
+            continue
         if isinstance(sub, Ramp) and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = {"start": value, "end": value, "begin": 0, "until": 0}
         if is_dataclass(sub) and isinstance(value, dict):
@@ -151,8 +213,11 @@ def _merge(base, data: dict, source: str):
 
 
 def load_config(preset: str | None = "release", config_file: str | Path | None = None,
-                sets: list[str] | None = None) -> RunConfig:
+                sets: list[str] | None = None, run_folder_config: bool = False) -> RunConfig:
     """Build the run config: schema defaults < preset < ``config_file`` < ``sets``.
+
+    ``run_folder_config``: ``config_file`` is a run folder's config.yaml, whose weight locations
+    (:data:`WEIGHT_LOCATIONS`) are not trusted: they are dropped (the defaults, or ``sets``, apply).
 
     Raises:
         ConfigError: unknown preset, unreadable file, unknown key (with the nearest valid one),
@@ -165,7 +230,10 @@ def load_config(preset: str | None = "release", config_file: str | Path | None =
         path = preset_path(preset)
         layers.append((_read_yaml(path), f"preset '{preset}' ({path})"))
     if config_file:
-        layers.append((_read_yaml(Path(config_file)), str(config_file)))
+        data = _read_yaml(Path(config_file))
+        if run_folder_config and isinstance(data.get("priors"), dict):
+            data["priors"] = {k: v for k, v in data["priors"].items() if k not in WEIGHT_LOCATIONS}
+        layers.append((data, str(config_file)))
     if sets:
         layers.append((_parse_sets(sets), "--set"))
     for data, source in layers:
@@ -208,9 +276,54 @@ def check_field_values(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}={value} is out of range; it must be {bounds}")
 
 
+def _numbers(value: Any) -> Iterator[float]:
+    """Every number inside a leaf value (a Ramp's start and end, a list's items)."""
+    if isinstance(value, Ramp):
+        yield from (value.start, value.end)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def check_sane_numbers(cfg: RunConfig) -> None:
+    """Ranges every config obeys whatever its field: finite floats, positive learning rates and step
+    counts, non-negative loss weights and counts, Adam betas as two numbers in [0, 1).
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    for key, owner, f in schema_leaves(cfg):
+        value, name = getattr(owner, f.name), f.name
+        nums = list(_numbers(value))
+        if any(isinstance(v, float) and not math.isfinite(v) for v in nums):
+            raise ConfigError(f"{key}={value} is not a finite number")
+        if any(abs(v) > 1e15 for v in nums) and name != "seed":
+            raise ConfigError(f"{key}={value} is out of range (at most 1e15 in size)")
+        if (name in ("lr", "eps", "lr_other") or name.endswith("_lr") or name.startswith("lr_")) and \
+                any(v <= 0 for v in nums):
+            raise ConfigError(f"{key}={value} must be positive")
+        if any(v < 0 for v in nums) and (name.startswith(("lambda_", "every", "keep", "steps", "max_", "min_"))
+                                          or name.endswith(("_steps", "_s", "_every", "_weight", "_decay"))
+                                          or isinstance(value, list) and name.endswith("milestones")):
+            raise ConfigError(f"{key}={value} must not be negative")
+        if name == "betas" and (len(value) != 2 or not all(0 <= b < 1 for b in value)):
+            raise ConfigError(f"{key}={value} must be two numbers in [0, 1), e.g. [0.9, 0.99]")
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed={cfg.seed} is out of range; it must be between 0 and 2^63 - 1")
+    if cfg.preprocess.canvas > 8192:
+        raise ConfigError(f"preprocess.canvas={cfg.preprocess.canvas} is out of range; it must be between 64 and 8192")
+    if cfg.progress_every_s <= 0:
+        raise ConfigError(f"progress_every_s={cfg.progress_every_s} must be positive")
+    if not cfg.export.formats:
+        raise ConfigError("export.formats is empty; give glb and/or obj")
+
+
 def validate(cfg: RunConfig) -> None:
     """Field values against their schema metadata, then cross-field checks that types alone cannot express."""
     check_field_values(cfg)
+    check_sane_numbers(cfg)
     for name in ("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine"):
         steps = getattr(cfg, name).steps
         if steps < 1:
@@ -232,8 +345,12 @@ def to_dict(obj: Any) -> Any:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML (what ``config.yaml`` of a run holds)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML (what ``config.yaml`` of a run holds), less :data:`INVOCATION_ONLY` keys."""
+    data = to_dict(cfg)
+    for key in INVOCATION_ONLY:
+        section, name = key.split(".")
+        data[section].pop(name, None)
+    return OmegaConf.to_yaml(OmegaConf.create(data))
 
 
 def from_yaml_file(path: Path) -> RunConfig:

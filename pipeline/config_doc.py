@@ -11,7 +11,7 @@ import inspect
 import textwrap
 from functools import lru_cache
 
-from pipeline.config import PRESETS, RunConfig, load_config, schema_leaves, to_dict
+from pipeline.config import INVOCATION_ONLY, PRESETS, RunConfig, load_config, schema_leaves, to_dict
 
 
 @lru_cache(maxsize=None)
@@ -28,9 +28,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def leaves(obj, prefix: str = ""):
-    """``(key, owner class, field name)`` of every leaf of a config dataclass (a Ramp is a leaf)."""
+    """``(key, owner class, field name)`` of every leaf of a config dataclass (a Ramp is a leaf), less the
+    command-line-only :data:`pipeline.config.INVOCATION_ONLY` keys."""
     for key, owner, f in schema_leaves(obj, prefix):
-        yield key, type(owner), f.name
+        if key not in INVOCATION_ONLY:
+            yield key, type(owner), f.name
 
 
 def _lookup(d: dict, key: str):

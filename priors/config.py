@@ -23,7 +23,11 @@ class Config:
     prior_3d_diffusers: str = ""
     """Folder of a 3D prior already converted to diffusers format (used instead of the LDM files)."""
     trust_prior_3d_pickle: bool = False
-    """Allow full unpickling of ``last.ckpt`` when it holds more than tensors (only for trusted files)."""
+    """Allow full unpickling of ``last.ckpt`` when it holds more than tensors: the command-line flag
+    ``--trust-prior-3d-pickle`` of one invocation only (never read from a config file or a run folder)."""
+    trust_weights: bool = False
+    """Load TorchScript weights (Sapiens) whose sha256 is not a released file's: the command-line flag
+    ``--trust-weights`` of one invocation only (never read from a config file or a run folder)."""
     normal_adapted: str = "xanderhuang/normal-adapted-sd1.5"
     """HumanNorm normal-adapted SD 1.5 (stage 2 guidance)."""
     depth_adapted: str = "xanderhuang/depth-adapted-sd1.5"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from priors.config import Config
-from priors.weights import MissingWeightError, all_weights, resolve
+from priors.weights import MissingWeightError, all_weights, resolve, verify_code_weight
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,22 @@ class SapiensEstimator:
 
     @classmethod
     def from_pretrained(cls, cfg: Config, kind: str, device: torch.device | str) -> "SapiensEstimator":
-        """Load ``cfg.sapiens_<kind>`` / ``cfg.sapiens_<kind>_file`` with ``torch.jit.load``."""
+        """Load ``cfg.sapiens_<kind>`` / ``cfg.sapiens_<kind>_file`` with ``torch.jit.load``.
+
+        A TorchScript file is code: it is loaded only when its sha256 is a released file's
+        (:data:`priors.weights.PINNED_SHA256`), or with ``cfg.trust_weights``. The bytes hashed are
+        the bytes loaded (one open file).
+
+        Raises:
+            UntrustedWeightError: the file is not a released one and ``cfg.trust_weights`` is off.
+        """
         root = resolve(cfg, all_weights(cfg)[f"sapiens_{kind}"])
         path = root / getattr(cfg, f"sapiens_{kind}_file")
-        with warnings.catch_warnings():  # the released files are TorchScript, deprecated in recent torch
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=torch.device(device))
+        with open(path, "rb") as f:
+            verify_code_weight(f, path, cfg.trust_weights)
+            with warnings.catch_warnings():  # the released files are TorchScript, deprecated in recent torch
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(f, map_location=torch.device(device))
         return cls(module.eval(), kind)
 
     @torch.no_grad()

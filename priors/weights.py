@@ -11,6 +11,7 @@ the :class:`CheckRow` then says which old id (``alias``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,64 @@ _SD_PARTS = (
 
 class MissingWeightError(ValueError):
     """A pretrained weight file is neither in the weights folder nor in the Hugging Face cache."""
+
+
+class UntrustedWeightError(ValueError):
+    """A weight file that is code (TorchScript) and not a released file of known sha256."""
+
+
+PINNED_SHA256 = {
+    # facebook/sapiens-depth-*-torchscript (sha256 of the Git LFS objects as the Hub lists them)
+    "sapiens_2b_render_people_epoch_25_torchscript.pt2":
+        "0d1878b3f06b867f5d15b7bc7468b0114777cd0c28ceaef90c78ef777e0093b2",
+    "sapiens_1b_render_people_epoch_88_torchscript.pt2":
+        "4ff0c7a8fa48f1d30f97a49aee05abb905f64ee4fe6a35efa805821be5756a8c",
+    "sapiens_0.3b_render_people_epoch_100_torchscript.pt2":
+        "65054e6b6083171b1edf39a9786e34a47f3bfb28c1e0098f73de2ef823b7286e",
+    # facebook/sapiens-normal-*-torchscript
+    "sapiens_1b_normal_render_people_epoch_115_torchscript.pt2":
+        "00e29d62c385de04f40bc188dd4571e19cab26a8dbc1424d61a77206b3758fb2",
+}
+"""sha256 of the released TorchScript files, by file name. A TorchScript file runs its own code when
+loaded and called, so only these load without ``trust_weights``; files not listed here (the 2b normal
+estimator's hash could not be confirmed) load only with ``--trust-weights``."""
+
+_VERIFIED: dict[tuple, str] = {}
+"""``(device, inode, size, mtime_ns)`` of files hashed in this process -> their sha256 (hashed once)."""
+
+
+def sha256_of(f) -> str:
+    """Hex sha256 of an open binary file, read from its start (remembered per file state)."""
+    st = os.fstat(f.fileno())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        h = hashlib.sha256()
+        f.seek(0)
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+        _VERIFIED[key] = h.hexdigest()
+    f.seek(0)
+    return _VERIFIED[key]
+
+
+def verify_code_weight(f, path: Path, trusted: bool = False) -> None:
+    """Refuse a TorchScript weight ``f`` (open, binary) that is not a released file, unless ``trusted``.
+
+    Raises:
+        UntrustedWeightError: one line naming the file, the expected sha256 and what to do.
+    """
+    if trusted:
+        return
+    expected = PINNED_SHA256.get(Path(path).name)
+    if expected is None:
+        raise UntrustedWeightError(
+            f"{path} is TorchScript (code that runs when loaded) with no published sha256 known to geneman; "
+            "if you made or checked this file yourself, pass --trust-weights (for that command only)")
+    actual = sha256_of(f)
+    if actual != expected:
+        raise UntrustedWeightError(
+            f"{path} has sha256 {actual}, not the released file's {expected}; re-download it "
+            "(`geneman weights pull`), or for your own export pass --trust-weights (for that command only)")
 
 
 @dataclass(frozen=True)
@@ -352,3 +411,20 @@ def pull(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any
         except Exception as err:  # network or hub errors are reported per weight, not fatal
             report.append(f"{row.spec.key}: download failed ({type(err).__name__}: {err})")
     return report
+
+
+CODE_WEIGHTS = {"sapiens_normal": "sapiens_normal_file", "sapiens_depth": "sapiens_depth_file"}
+"""Weights that are code when loaded (TorchScript), key -> the config field naming their file."""
+
+
+def verify_code_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES, run_cfg: Any = None) -> None:
+    """Check every TorchScript weight the stages need and that is present, before anything runs.
+
+    Raises:
+        UntrustedWeightError: see :func:`verify_code_weight`.
+    """
+    for row in check(cfg, stages, run_cfg):
+        if row.spec.key in CODE_WEIGHTS and row.found:
+            path = Path(row.folder) / getattr(cfg, CODE_WEIGHTS[row.spec.key])
+            with open(path, "rb") as f:
+                verify_code_weight(f, path, cfg.trust_weights)

@@ -30,9 +30,16 @@ def load_record(out: Path) -> dict:
     if not path.is_file():
         return {"version": 1, "created": now(), "images": {}, "submissions": []}
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError as e:
         raise InputError(f"{path} is unreadable ({e}); the batch folder is damaged") from None
+    if not (isinstance(record, dict) and isinstance(record.get("images", {}), dict)
+            and isinstance(record.get("submissions", []), list)
+            and all(isinstance(v, dict) for v in record.get("images", {}).values())):
+        raise InputError(f"{path} is not a batch record (wrong JSON types); the batch folder is damaged")
+    record.setdefault("images", {})
+    record.setdefault("submissions", [])
+    return record
 
 
 def save_record(out: Path, record: dict) -> None:

@@ -250,8 +250,13 @@ def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, option
     """
     out = Path(out).resolve()
     named = run_names(resolve_inputs(inputs), out)
-    chunks(named, options.images_per_job)  # checks the option before anything is written
+    chunks(named, options.images_per_job)  # checks the options before anything is written
+    if options.time:
+        parse_time(options.time)
+    check_batch_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / LOGS).mkdir(mode=0o700, exist_ok=True)  # submitit's job pickles are fully unpickled: user only
+    (out / LOGS).chmod(0o700)
     with RunStore(out).lock():
         record = load_record(out)
         todo, skipped = plan(out, named, record, cfg)
@@ -271,6 +276,23 @@ def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, option
     log.info("batch: %d image(s) in %d job(s) %s; %d skipped", len(todo), len(submission["job_ids"]),
              " ".join(submission["job_ids"]), len(skipped))
     return {"jobs": submission["job_ids"], "todo": [n for n, _ in todo], "skipped": skipped}
+
+
+def check_batch_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file, a run folder, or a non-empty folder that is no batch folder.
+
+    Raises:
+        InputError: naming the folder and what to do.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder; choose another -o folder")
+    if not out.is_dir() or (out / BATCH_FILE).is_file():
+        return
+    if (out / "run.json").is_file():
+        raise InputError(f"{out} is a run folder of `geneman run`, not a batch folder; choose another -o folder")
+    if any(p.name != ".lock" for p in out.iterdir()):
+        raise InputError(f"{out} exists, is not empty and is not a batch folder (no {BATCH_FILE}); "
+                         "choose an empty or new -o folder")
 
 
 def _note_job(out: Path, record: dict, group: list, job, options: BatchOptions) -> None:

@@ -23,6 +23,22 @@ def config_args(p: argparse.ArgumentParser, preset_default: str | None) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
     p.add_argument("--weights", metavar="DIR", help="folder of pretrained weights, <DIR>/<hub id>/<file> "
                    "(default: priors.weights_dir, else the Hugging Face cache)")
+    trust_args(p)
+
+
+def trust_args(p: argparse.ArgumentParser) -> None:
+    """Add the flags that trust weight files for this invocation only (never stored in a run folder)."""
+    p.add_argument("--trust-weights", action="store_true",
+                   help="load TorchScript weights (Sapiens) whose sha256 is not a released file's: they run code")
+    p.add_argument("--trust-prior-3d-pickle", action="store_true",
+                   help="fully unpickle the 3D prior's last.ckpt when it holds more than tensors: it runs code")
+
+
+def apply_trust(cfg, args: argparse.Namespace):
+    """Set the trust flags of this invocation on ``cfg.priors``; return ``cfg``."""
+    cfg.priors.trust_weights = bool(getattr(args, "trust_weights", False))
+    cfg.priors.trust_prior_3d_pickle = bool(getattr(args, "trust_prior_3d_pickle", False))
+    return cfg
 
 
 def cli_sets(args: argparse.Namespace) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import tools as cli_tools
-from pipeline.cli.args import cli_sets, common, config_args
+from pipeline.cli.args import apply_trust, cli_sets, common, config_args, trust_args
 from pipeline.errors import GenemanError
 from pipeline.logs import setup_logging
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     run.add_argument("--mask", type=Path, help="person mask (white = person), same size as the photo")
     run.add_argument("--from-stage", help="redo from this stage on (preprocess, geometry_init, ...)")
+    run.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. preprocess); resume continues")
     config_args(run, "release")
     common(run)
     res = sub.add_parser("resume", help="continue a run folder where it stopped")
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="change a config value of the run (invalidates that stage and later ones)")
     res.add_argument("--device", help="cpu, cuda or cuda:N")
-    res.add_argument("--weights", metavar="DIR", help="folder of pretrained weights")
+    res.add_argument("--weights", metavar="DIR", help="folder of pretrained weights (the run folder's are not used)")
+    trust_args(res)
     common(res)
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
@@ -86,21 +88,18 @@ def cmd_run(args) -> int:
     from pipeline.run import session
 
     sets = cli_sets(args)
-    cfg = load_config(args.preset, args.config, sets)
-    session.start(args.image, args.out, cfg, mask=args.mask, from_stage=args.from_stage, quiet=args.quiet)
-    log.info("done: %s", args.out)
+    cfg = apply_trust(load_config(args.preset, args.config, sets), args)
+    session.start(args.image, args.out, cfg, mask=args.mask, from_stage=args.from_stage, quiet=args.quiet,
+                  until=args.until)
+    log.info("stopped after %s: %s" if args.until else "done: %s", *([args.until] if args.until else []), args.out)
     return 0
 
 
 def cmd_resume(args) -> int:
-    from pipeline.config import load_config
     from pipeline.run import session
 
-    cfg = None
-    sets = cli_sets(args)
-    if sets:
-        session.RunStore(args.out).load()
-        cfg = load_config(None, args.out / session.CONFIG, sets)
+    session.RunStore(args.out).load()
+    cfg = apply_trust(session.load_run_config(args.out, cli_sets(args)), args)
     session.resume(args.out, from_stage=args.from_stage, quiet=args.quiet, cfg=cfg)
     log.info("done: %s", args.out)
     return 0
@@ -113,7 +112,7 @@ def cmd_batch(args) -> int:
     from pipeline.config import load_config
 
     sets = cli_sets(args)
-    cfg = load_config(args.preset, args.config, sets)
+    cfg = apply_trust(load_config(args.preset, args.config, sets), args)
     time_limit = args.time or ("24:00:00" if args.executor == "slurm" else None)
     options = BatchOptions(executor=args.executor, partition=args.partition, gpus_per_job=args.gpus_per_job,
                            time=time_limit, mem=args.mem, cpus_per_job=args.cpus_per_job,

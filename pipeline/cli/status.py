@@ -20,6 +20,8 @@ def lock_holder(root: Path) -> dict | None:
         holder = json.loads((root / LOCK).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(holder, dict):
+        return None
     if holder.get("host") != socket.gethostname():
         return holder  # cannot check a process on another host: trust the lock
     return holder if pid_alive(holder.get("pid")) else None

@@ -9,13 +9,19 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, GenemanError
 from priors.registry import PriorSet
-from priors.weights import MissingWeightError
+from priors.weights import MissingWeightError, UntrustedWeightError, verify_code_weights
 
 AUTO = "auto"
 
 
 class MissingWeights(GenemanError):
     """Weights a run needs are not where they are looked for (one line per weight)."""
+
+    exit_code = 2
+
+
+class UntrustedWeights(GenemanError):
+    """A weight file that is code (TorchScript) and not a released file; ``--trust-weights`` loads it."""
 
     exit_code = 2
 
@@ -43,16 +49,22 @@ def check_weights(priors: PriorSet, cfg: RunConfig, stages: Sequence[Any]) -> No
     """Stop before anything runs when a weight that will be needed is missing."""
     try:
         priors.check(needed_by(cfg, stages), cfg)
+        verify_code_weights(priors.cfg, needed_by(cfg, stages), cfg)
     except MissingWeightError as e:
         raise MissingWeights(f"{e}\nsee `geneman weights check` (weights folder: --weights DIR "
                              "or priors.weights_dir; default: the Hugging Face cache)") from None
+    except UntrustedWeightError as e:
+        raise UntrustedWeights(str(e)) from None
 
 
 def sapiens_depth_normal(priors: PriorSet) -> Callable:
     """Preprocess's depth/normal hook on top of the Sapiens estimators (loaded on first call)."""
 
     def estimate(rgb: np.ndarray, mask: np.ndarray):
-        est = priors.sapiens
+        try:
+            est = priors.sapiens
+        except UntrustedWeightError as e:
+            raise UntrustedWeights(str(e)) from None
         image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(priors.device)
         m = torch.from_numpy(mask)[None, None].float().to(priors.device)
         depth = est["depth"](image, m)[0, 0].cpu().numpy() if est.get("depth") else None

@@ -128,22 +128,47 @@ def read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     return arr.astype(np.float32) / 255.0
 
 
-@contextmanager
-def native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null for the block: mediapipe's C++ libraries log there directly.
+SEGMENT_MAX_SIDE = 2048
+"""Segmentation runs on a copy whose long side is at most this (MediaPipe aborts at 32767 px and more)."""
 
-    Python exceptions still propagate; only what native code prints is dropped.
+
+@contextmanager
+def native_stderr_captured():
+    """Send file descriptor 2 to a temp file for the block: mediapipe's C++ libraries log there directly.
+
+    On an exception, what native code printed is logged (its last lines) and the exception goes on.
     """
+    import tempfile
+
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            tail = captured.read()[-2000:].decode("utf-8", "replace").strip()
+            if tail:
+                log.error("native code printed: %s", " | ".join(tail.splitlines()[-5:]))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+native_stderr_silenced = native_stderr_captured  # the old name
+
+
+def downscaled(rgb: np.ndarray, max_side: int = SEGMENT_MAX_SIDE) -> np.ndarray:
+    """``rgb`` ``[H, W, 3]`` uint8 with its long side at most ``max_side`` (each side at least 1)."""
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
 
 
 def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
@@ -157,11 +182,15 @@ def segment(rgb: np.ndarray, backend: str, photo: Path) -> np.ndarray:
         raise InputError(f"{photo} has no alpha channel and no --mask was given, and no segmentation backend is "
                          "installed: pass --mask MASK.png, give an RGBA photo, or install the 'segment' extra "
                          "(pip install 'geneman[segment]' for mediapipe)") from None
-    with native_stderr_silenced(), selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
-        result = seg.process(np.ascontiguousarray(rgb))
+    small = downscaled(rgb)
+    with native_stderr_captured(), selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        result = seg.process(np.ascontiguousarray(small))
     if result.segmentation_mask is None:
         return np.zeros(rgb.shape[:2], np.float32)
-    return np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
+    mask = np.clip(result.segmentation_mask.astype(np.float32), 0.0, 1.0)
+    if small.shape[:2] != rgb.shape[:2]:  # back to the photo's size
+        mask = np.asarray(Image.fromarray(mask, "F").resize((rgb.shape[1], rgb.shape[0]), Image.BILINEAR))
+    return mask
 
 
 def body_landmarks(rgb: np.ndarray) -> np.ndarray | None:
@@ -177,8 +206,8 @@ def body_landmarks(rgb: np.ndarray) -> np.ndarray | None:
     """
     from mediapipe.python.solutions import pose  # optional and slow to import: only when landmarks are wanted
 
-    with native_stderr_silenced(), pose.Pose(static_image_mode=True, model_complexity=1) as model:
-        result = model.process(np.ascontiguousarray(rgb))
+    with native_stderr_captured(), pose.Pose(static_image_mode=True, model_complexity=1) as model:
+        result = model.process(np.ascontiguousarray(downscaled(rgb)))  # landmarks are fractions: any scale
     if result.pose_landmarks is None:
         return None
     return np.array([(p.x, p.y, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
@@ -250,6 +279,13 @@ def recentre(rgb: np.ndarray, mask: np.ndarray, canvas: int, fill: float,
     return np.clip(rgb_c, 0, 1), m, [place(e, 0.0) for e in extra]
 
 
+def _check_map_shape(a, shape: tuple, what: str, photo: Path) -> None:
+    """Refuse a depth / normal map of the wrong shape with one line (the estimator is at fault)."""
+    if a is not None and tuple(np.shape(a)) != tuple(shape):
+        raise InputError(f"the depth/normal estimator returned a {what} map of shape {list(np.shape(a))} for {photo}, "
+                         f"expected {list(shape)}; check the estimator (or set preprocess.depth_normal=false)")
+
+
 def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_prompt: str = "",
         depth_normal: DepthNormalFn | None = None) -> Inputs:
     """Photo -> :class:`Inputs`: validate, mask, estimate depth/normal on the uncropped photo, recentre,
@@ -270,6 +306,8 @@ def run(photo: Path, mask_path: Path | None, cfg: Config, prompt: str, negative_
     depth = normal = None
     if cfg.depth_normal and depth_normal is not None:
         depth, normal = depth_normal(rgb8, mask)
+        _check_map_shape(depth, mask.shape, "depth", photo)
+        _check_map_shape(normal, mask.shape + (3,), "normal", photo)
     if cfg.depth_normal and (depth is None or normal is None):
         log.warning("depth/normal estimation incomplete for %s (depth: %s, normal: %s): the stages run without "
                     "the missing maps", photo, "yes" if depth is not None else "no",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig, digest, to_dict
-from pipeline.errors import ConfigError, GenemanError, Interrupted, StageFailed, StageNotBuilt
+from pipeline.errors import ConfigError, GenemanError, InputError, Interrupted, StageFailed, StageNotBuilt
 from pipeline.run import preprocess
 from pipeline.run.checkpoint import Checkpointer
 from pipeline.run.progress import Progress
@@ -33,7 +33,7 @@ from stages.inputs import Inputs
 log = logging.getLogger("geneman")
 
 #: Fields of ``cfg.priors`` that change memory or location but not results: not hashed.
-UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload")
+UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload", "trust_weights", "trust_prior_3d_pickle")
 DEFAULT_PROMPT = "a photo of a person"
 FINAL = "final"
 
@@ -94,13 +94,21 @@ class Runner:
         self.stop = stop or StopSignals(())
         self._last_write = 0.0
 
-    def run(self, from_stage: str | None = None) -> Any:
-        """Run every stage not yet done; return the last stage's Result."""
+    def run(self, from_stage: str | None = None, until: str | None = None) -> Any:
+        """Run every stage not yet done; return the last stage's Result.
+
+        ``until``: stop after that stage (run.json status ``paused``; ``geneman resume`` goes on) and
+        return its Result (preprocess: the ``Inputs``).
+        """
         if from_stage:
             check_stage_name(from_stage, self.stages)
             self._invalidate_from(stage_names(self.stages).index(from_stage))
+        if until:
+            check_stage_name(until, self.stages)
         self._set_status("running")
         inputs, h = self._preprocess()
+        if until == "preprocess":
+            return self._pause(until, inputs)
         previous = None
         for index, spec in enumerate(self.stages, start=1):
             if self.stop.requested:
@@ -109,9 +117,18 @@ class Runner:
                 raise Interrupted(msg)
             h = digest(spec.name, h, self.cfg.seed, to_dict(getattr(self.cfg, spec.name)), self._prior_key())
             previous = self._stage(spec, index, inputs, previous, h)
+            if spec.name == until:
+                return self._pause(until, previous)
         self._export(previous)
         self._set_status("done")
         return previous
+
+    def _pause(self, stage: str, result: Any) -> Any:
+        """Stop after ``stage`` as ``--until`` asked: status ``paused``, resumable."""
+        self.store.manifest.extra["until"] = stage
+        self._set_status("paused", "")
+        log.info("stopped after %s (--until); `geneman resume %s` continues", stage, self.store.root)
+        return result
 
     def _export(self, result: Any) -> None:
         """Write the last Result to ``final/``; the run is done only when this worked."""
@@ -155,9 +172,9 @@ class Runner:
                 return inputs, h
             rec.hash = ""
         self._reset(rec, "preprocess", h, 1)
-        photo = folder / m.input["stored_photo"]
-        mask = folder / m.input["stored_mask"] if m.input.get("stored_mask") else None
         try:
+            photo = stored_input(folder, m.input, "stored_photo", "sha256")
+            mask = stored_input(folder, m.input, "stored_mask", "mask_sha256") if m.input.get("stored_mask") else None
             inputs = preprocess.run(photo, mask, self.cfg.preprocess, *prompts, depth_normal=self.depth_normal)
         except BaseException as e:
             self._stage_error(rec, "preprocess", folder, e)
@@ -249,6 +266,27 @@ class Runner:
         rec.error = (str(e) if isinstance(e, GenemanError) else f"{type(e).__name__}: {e}").splitlines()[0]
         atomic_write_bytes(folder / "error.log", "".join(traceback.format_exception(e)).encode())
         self._set_status("failed", f"{name}: {rec.error}")
+
+
+def stored_input(folder: Path, record: dict, name_key: str, sha_key: str) -> Path:
+    """The photo (or mask) copied into ``00_preprocess/``: a bare file name there whose sha256 is the manifest's.
+
+    Raises:
+        InputError: a name that is a path, a missing file or one whose bytes changed.
+    """
+    from pipeline.run.session import sha256_file  # session imports this module
+
+    name = record.get(name_key)
+    if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+        raise InputError(f"run.json's input.{name_key} {name!r} is not a file name in {folder}; the run folder is "
+                         "damaged: start it again with `geneman run`")
+    path = folder / name
+    if not path.is_file() or path.is_symlink():
+        raise InputError(f"{path} (the run's copy of its input) is missing; start the run again with `geneman run`")
+    if sha256_file(path) != record.get(sha_key):
+        raise InputError(f"{path} does not match the sha256 recorded in run.json; start the run again with "
+                         "`geneman run`")
+    return path
 
 
 def _save_result(result: Any, folder: Path) -> None:

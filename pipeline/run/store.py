@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -21,13 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import InputError, LockError
+from pipeline.errors import GenemanError, InputError, LockError
 
 log = logging.getLogger("geneman")
 
 MANIFEST = "run.json"
 LOCK = ".lock"
 PREPROCESS = "00_preprocess"
+LOCK_WAIT_S = 30.0
+"""Longest wait for a lock whose holder cannot be told (an unreadable lock just being written)."""
 
 
 def now() -> str:
@@ -35,11 +38,22 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0o666 less the umask), as ``open()`` gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename.
+
+    The file gets the mode the umask gives (not mkstemp's 0600), so colleagues can read a shared run.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -92,9 +106,26 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
+        if not isinstance(d, dict) or not isinstance(d.get("stages", {}), dict):
+            raise ValueError("not a JSON object with a 'stages' object")
         m = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "stages"})
-        m.stages = {k: StageRecord(**v) for k, v in d.get("stages", {}).items()}
+        known = StageRecord.__dataclass_fields__
+        m.stages = {k: StageRecord(**{f: x for f, x in v.items() if f in known})
+                    for k, v in d.get("stages", {}).items()}
         return m
+
+
+def check_manifest(m: Manifest) -> None:
+    """Raise ValueError when a loaded manifest's fields do not have their types."""
+    for name, kind in (("input", dict), ("status", str), ("error", str), ("extra", dict), ("versions", dict)):
+        if not isinstance(getattr(m, name), kind):
+            raise ValueError(f"'{name}' is not a {kind.__name__}")
+    for stage, rec in m.stages.items():
+        for name, kind in (("step", int), ("total", int), ("elapsed_s", (int, float)), ("state", str),
+                           ("hash", str), ("error", str)):
+            value = getattr(rec, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"stages.{stage}.{name} is {value!r}")
 
 
 def package_versions() -> dict:
@@ -124,14 +155,25 @@ class RunStore:
         return self.manifest_path.is_file()
 
     def load(self) -> Manifest:
-        """Read ``run.json``."""
+        """Read ``run.json``.
+
+        Raises:
+            InputError: no run folder (also a file given as one), or a run.json that is not a manifest.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root} is a file, not a geneman run folder")
         try:
-            self.manifest = Manifest.from_dict(json.loads(self.manifest_path.read_text()))
+            data = json.loads(self.manifest_path.read_text())
+            self.manifest = Manifest.from_dict(data)
+            check_manifest(self.manifest)
         except FileNotFoundError:
             raise InputError(f"{self.root} is not a geneman run folder (no {MANIFEST}); "
                              "start one with `geneman run`") from None
-        except (json.JSONDecodeError, TypeError) as e:
-            raise InputError(f"{self.manifest_path} is unreadable ({e}); the run folder is damaged") from None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise InputError(f"{self.manifest_path} is unreadable ({' '.join(str(e).split())}); "
+                             "the run folder is damaged") from None
+        except OSError as e:
+            raise InputError(f"cannot read {self.manifest_path}: {e.strerror or e}") from None
         return self.manifest
 
     def save(self) -> None:
@@ -163,15 +205,29 @@ class RunStore:
         The lock is a file created exclusively, holding host and pid. A lock left by a dead
         process on this host is taken over with a warning; a live one raises :class:`LockError`.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now(), "argv": sys.argv[:3]}
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                _take_over_if_stale(path)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+                    break
+                except FileExistsError:
+                    _take_over_if_stale(path)
+                if time.monotonic() > deadline:
+                    raise LockError(f"{path} could not be taken within {LOCK_WAIT_S:.0f} s; if no geneman process "
+                                    f"uses {self.root}, delete {path}")
+        except (FileExistsError, NotADirectoryError):
+            raise InputError(f"{self.root} is a file, not a folder; choose another -o folder") from None
+        except PermissionError:
+            raise InputError(f"{self.root} is not writable (permission denied); choose another -o folder or "
+                             "fix its permissions") from None
+        except OSError as e:
+            if isinstance(e, GenemanError):
+                raise
+            raise InputError(f"cannot write to {self.root}: {e.strerror or e}") from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         try:
@@ -180,7 +236,7 @@ class RunStore:
             try:
                 if json.loads(path.read_text()).get("pid") == me["pid"]:
                     path.unlink()
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 pass
 
 
@@ -225,10 +281,30 @@ def _remove_if_unchanged(path: Path, holder: dict) -> bool:
 
 
 def _take_over_if_stale(path: Path) -> None:
-    """Remove ``path`` when the process that holds it is dead; raise LockError when it lives."""
+    """Remove ``path`` when the process that holds it is dead; raise LockError when it lives.
+
+    A lock that is a symlink (geneman never makes one) is removed with a warning (never its
+    target); a folder or an unreadable file is a one-line :class:`LockError`.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        path.unlink(missing_ok=True)
+        log.warning("took over lock %s, a symlink (not a geneman lock)", path)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise LockError(f"{path} is not a lock file (a folder or other); remove it if no geneman process "
+                        f"uses {path.parent}")
     try:
         holder = json.loads(path.read_text() or "{}")
+    except PermissionError:
+        raise LockError(f"{path} cannot be read (permission denied); if no geneman process uses "
+                        f"{path.parent}, delete it") from None
     except (OSError, ValueError):
+        holder = {}
+    if not isinstance(holder, dict):
         holder = {}
     host, pid = holder.get("host"), holder.get("pid")
     if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
@@ -240,7 +316,7 @@ def _take_over_if_stale(path: Path) -> None:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return
-        if age < 5:  # its creator may not have written its pid yet
+        if 0 <= age < 5:  # its creator may not have written its pid yet (a future mtime is no creator)
             time.sleep(0.05)
             return
         if _remove_if_unchanged(path, holder):

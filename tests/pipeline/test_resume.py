@@ -195,11 +195,11 @@ def test_preprocess_failure_is_recorded(tmp_path, photo):
     out = tmp_path / "out"
     run_doubles(photo, out)
     (out / "00_preprocess" / "photo.png").write_bytes(b"damaged")
-    with pytest.raises(InputError, match="not an image"):
+    with pytest.raises(InputError, match="does not match the sha256"):
         session.resume(out, stages=double_stages(), priors=None, depth_normal=None, quiet=True,
                        cfg=small_config(["preprocess.fill=0.8"]))
     m = manifest(out)
-    assert m["status"] == "failed" and "not an image" in m["error"]
+    assert m["status"] == "failed" and "does not match the sha256" in m["error"]
     assert m["stages"]["preprocess"]["state"] == "failed"
 
 
