@@ -58,7 +58,8 @@ class SapiensEstimator:
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] image in [0, 1] and [B, 1, H, W] mask -> normal [B, 3, H, W] or depth [B, 1, H, W], zero outside.
+        """[B, 3, H, W] image in [0, 1] and [B, 1, H, W] mask -> normal [B, 3, H, W] or depth [B, 1, H, W],
+        zero outside.
 
         Normals are unit vectors; depth is min-max normalised to [0, 1] inside the mask.
         """

@@ -60,7 +60,7 @@ def test_every_loss_weighted_in_a_preset_is_computed(preset, stage, priors, inpu
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_reference_loss_falls(stage, priors, inputs, stage1, tmp_path):
-    key = {"geometry_init": "rgb", "geometry_sculpt": "mask"}[stage]
+    key = {"geometry_init": "rgb", "geometry_sculpt": "normal"}[stage]  # the largest reference loss of each
     steps = 24
     run_cfg = tiny_config("cpu", [f"{stage}.n_ref=1", f"{stage}.steps={steps}", f"{stage}.optim.lr=0.005",
                                   f"{stage}.optim.lr_other=0.005"])
