@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.errors import InputError
-from pipeline.run.store import atomic_write_bytes, now
+from pipeline.run.store import atomic_write_bytes, now, pid_alive
 
 BATCH_FILE = "batch.json"
 """The batch's record: inputs, settings, every submission with its job ids."""
@@ -66,3 +67,37 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
         if len(parts) == 2:
             states[parts[0]] = parts[1]
     return states
+
+
+def process_tag(pid: int) -> dict:
+    """What identifies process ``pid`` of this host later: pid, host and (where /proc has it) its start time."""
+    return {"pid": pid, "host": socket.gethostname(), "pid_started": _start_time(pid)}
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/PID/stat`` (start time in clock ticks); None without /proc or for a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def local_job_state(info: dict) -> str | None:
+    """``RUNNING`` while the process recorded for a local job's image lives, else ``GONE``.
+
+    The process is the image's local job (its submitit controller) once it has one, before that the
+    ``geneman batch`` that is to start it. A pid that now names another process (a start time that
+    differs) or a zombie counts as gone. None when it cannot be told: no pid recorded (an older
+    batch.json) or one of another host.
+    """
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return None
+    if not pid_alive(pid):
+        return "GONE"
+    started = info.get("pid_started")
+    now_started = _start_time(pid)
+    if now_started is None and Path("/proc/self/stat").exists():
+        return "GONE"  # /proc works here, so the process is a zombie
+    return "RUNNING" if started is None or now_started == started else "GONE"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, load_record, slurm_states
+from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, load_record, local_job_state, slurm_states
 from pipeline.errors import GenemanError
 from pipeline.run.store import RunStore
 
@@ -30,8 +30,8 @@ def image_state(store: RunStore | None, slurm_state: str | None, live) -> str:
 
     Args:
         store: its run folder (loaded), or None when it has not started.
-        slurm_state: squeue's state of its job (GONE: squeue no longer lists it), or None when
-            squeue cannot tell (no Slurm here, a local job).
+        slurm_state: squeue's state of its job (GONE: squeue no longer lists it; for a local job
+            RUNNING or GONE from its recorded pid), or None when that cannot be told (no Slurm here).
         live: ``live(root) -> bool``, whether a process holds the run folder's lock.
     """
     active = slurm_state in ACTIVE_SLURM_STATES
@@ -62,7 +62,10 @@ def batch_rows(root: Path, live) -> list[tuple[str, ...]]:
         except GenemanError:
             loaded = None
         job = info.get("job_id", "")
-        slurm_state = None if states is None or info.get("executor") != "slurm" else states.get(job, "GONE")
+        if info.get("executor") == "local":
+            slurm_state = local_job_state(info)  # RUNNING / GONE as squeue would say, from the recorded pid
+        else:
+            slurm_state = None if states is None or info.get("executor") != "slurm" else states.get(job, "GONE")
         state = image_state(loaded, slurm_state, live)
         stage, steps = current_stage(loaded) if loaded else ("-", "-")
         error = (loaded.manifest.error or loaded.manifest.extra.get("batch_error", "")) if loaded else ""

@@ -12,13 +12,17 @@ or running.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
+import os
 import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +33,17 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from pipeline.batch.boot import python_command
 from pipeline.batch.job import BatchJob, is_done
-from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, LOGS, load_record, save_record, slurm_states
+from pipeline.batch.record import (
+    ACTIVE_SLURM_STATES,
+    BATCH_FILE,
+    LOGS,
+    load_record,
+    process_tag,
+    save_record,
+    slurm_states,
+)
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, Interrupted
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
 from pipeline.run.store import RunStore, now
 
@@ -42,6 +54,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 LOCAL_TIME_MIN = 30 * 24 * 60
 """Time limit of a local job when ``--time`` is not given (submitit's local default is 2 minutes)."""
+LOCAL_STOP_GRACE_S = 60.0
+"""Seconds a local job gets, after Ctrl-C, to checkpoint and end before it is killed."""
 
 
 @dataclass
@@ -205,11 +219,12 @@ def chunks(items: Sequence, size: int) -> list[list]:
 def make_executor(out: Path, options: BatchOptions):
     """A submitit executor writing its files to ``out/logs``, with the job parameters of ``options``."""
     folder = Path(out) / LOGS / "%j"
-    setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
     if options.executor == "local":
         ex = submitit.LocalExecutor(folder=folder, python=python_command(shlex.quote(sys.executable)))
         minutes = parse_time(options.time) if options.time else LOCAL_TIME_MIN
-        ex.update_parameters(timeout_min=minutes, signal_delay_s=options.signal_delay_s, setup=setup)
+        # no setup lines: no shell between us and submitit's controller, whose pid is then the job id
+        # and which passes our SIGTERM on to the job (run_local puts the package on PYTHONPATH instead)
+        ex.update_parameters(timeout_min=minutes, signal_delay_s=options.signal_delay_s, setup=list(options.setup))
         return ex
     if options.executor != "slurm":
         raise ConfigError(f"--executor {options.executor!r}: use slurm or local")
@@ -217,6 +232,7 @@ def make_executor(out: Path, options: BatchOptions):
         raise ConfigError("--executor slurm: sbatch not found on this machine; run on a Slurm login node, "
                           "or use --executor local")
     ex = submitit.SlurmExecutor(folder=folder, python=python_command(shlex.quote(sys.executable)))
+    setup = [f"export PYTHONPATH={shlex.quote(str(package_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
     params: dict[str, Any] = {"signal_delay_s": options.signal_delay_s, "setup": setup, "job_name": "geneman",
                               "additional_parameters": {"requeue": True}}  # allow scontrol requeue where JobRequeue=0
     for key, value in (("partition", options.partition), ("mem", options.mem), ("cpus_per_task", options.cpus_per_job),
@@ -296,12 +312,17 @@ def check_batch_folder(out: Path) -> None:
 
 
 def _note_job(out: Path, record: dict, group: list, job, options: BatchOptions) -> None:
-    """Record that ``job`` runs the images of ``group`` (batch.json is rewritten at once)."""
+    """Record that ``job`` runs the images of ``group`` (batch.json is rewritten at once).
+
+    A local job's images also get its pid (:func:`pipeline.batch.record.process_tag`), which
+    ``geneman status`` checks: a job that died leaves its images ``stopped``, not ``queued``.
+    """
     submission = record["submissions"][-1]
     submission["job_ids"].append(job.job_id)
+    tag = process_tag(int(job.job_id)) if options.executor == "local" else {}
     for name, _ in group:
         record["images"][name].update({"job_id": job.job_id, "executor": options.executor,
-                                       "submission": len(record["submissions"]) - 1})
+                                       "submission": len(record["submissions"]) - 1, **tag})
     save_record(out, record)
 
 
@@ -323,27 +344,96 @@ def submit_slurm(out: Path, record: dict, executor, groups: list, jobs: list, op
 def run_local(out: Path, record: dict, executor, groups: list, jobs: list, options: BatchOptions) -> None:
     """Run ``jobs`` on this machine, ``options.max_parallel`` (default 1) at a time; return when all ended.
 
-    Ctrl-C stops the running jobs (SIGINT through submitit's local controller, which kills them a
-    second later: their runs continue from their last step checkpoint when submitted again) and
-    re-raises.
+    Images waiting for a job are recorded with this process's pid, each started job's images with
+    the job's pid. Ctrl-C (SIGINT to this process) stops the running jobs: each gets SIGTERM, writes
+    a checkpoint at its next step and ends (killed after :data:`LOCAL_STOP_GRACE_S` or a second
+    Ctrl-C); running the same command again continues them.
+
+    Raises:
+        Interrupted: after Ctrl-C, once the jobs have ended (one line: how many were stopped).
     """
     k = max(1, options.max_parallel or 1)
     pending, running = list(zip(groups, jobs)), []
+    waiting = {"job_id": "", "executor": "local", **process_tag(os.getpid())}
+    for group in groups:
+        for name, _ in group:
+            record["images"][name].update(waiting)
+    save_record(out, record)
     try:
         while pending or running:
             running = [j for j in running if not j.done()]
             while pending and len(running) < k:
                 group, job = pending.pop(0)
-                started = executor.submit(job)
+                started = _start_local(executor, job)
                 _note_job(out, record, group, started, options)
                 running.append(started)
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for job in running:
-            job.cancel(check=False)
-        raise
+        stopped = stop_local_jobs([j for j in running if not j.done()])
+        raise Interrupted(f"stopped {stopped} local job(s) of {out} after their last checkpoint; run the same "
+                          "command again to continue") from None
     finally:
         _remove_empty(out / LOGS / "%j")
+
+
+def _start_local(executor, job):
+    """``executor.submit(job)`` with the package on PYTHONPATH and SIGINT ignored by the job's controller.
+
+    submitit's controller shares our terminal: a Ctrl-C would also reach it and it would print a
+    KeyboardInterrupt traceback and kill the job a second later, before its checkpoint. Ignoring
+    SIGINT while it starts makes it inherit that (the job's own Python catches SIGINT again,
+    :mod:`pipeline.batch.boot`); :func:`stop_local_jobs` stops the jobs instead.
+    """
+    root = str(package_root())
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root + (os.pathsep + env if env else "")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        return executor.submit(job)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+        if env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = env
+
+
+def stop_local_jobs(jobs: list, grace_s: float | None = None) -> int:
+    """SIGTERM each running local job (its controller passes it on), wait for all to end, kill what is left.
+
+    Returns:
+        How many jobs were stopped.
+    """
+    grace_s = LOCAL_STOP_GRACE_S if grace_s is None else grace_s
+    for job in jobs:
+        with contextlib.suppress(OSError):
+            os.kill(int(job.job_id), signal.SIGTERM)
+    log.warning("batch: stopping %d local job(s) (%s) at their next step checkpoint; Ctrl-C again kills them",
+                len(jobs), " ".join(j.job_id for j in jobs))
+    deadline = time.monotonic() + grace_s
+    try:
+        while any(not j.done() for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    for job in jobs:
+        if not job.done():
+            _kill_tree(int(job.job_id))
+    return len(jobs)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its child processes (found in /proc where there is one)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    for p in (*children, pid):
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
 
 
 def _remove_empty(folder: Path) -> None:

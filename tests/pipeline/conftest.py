@@ -1,4 +1,5 @@
-"""Fixtures for pipeline tests: a small RGBA photo of a figure and a subprocess driver."""
+"""Fixtures for pipeline tests: a small RGBA photo of a figure, tiny weights, tiny stage sizes and a
+subprocess driver."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from priors import tiny
+from tests.stages.geometry_helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +21,23 @@ def write_person(path: Path, shade: int = 200) -> Path:
     arr[4:30, 38:58] = (200, 150, 120, 255)
     Image.fromarray(arr, "RGBA").save(path)
     return path
+
+
+def tiny_run_args(weights: Path, prior_3d: str) -> list[str]:
+    """``geneman run`` flags for a real run on tiny weights that reaches the first stage not built
+    (texture_coarse) in about a minute on a CPU: every size tiny, few steps, no Sapiens."""
+    sets = ([f"{stage}.{s}" for stage, items in TINY.items() for s in items]
+            + ["preprocess.canvas=64", "preprocess.depth_normal=false", "geometry_init.steps=4",
+               "geometry_sculpt.steps=2", f"priors.prior_3d_diffusers={prior_3d}"])
+    return ["--preset", "cpu", "--weights", str(weights), "--quiet", *[a for s in sets for a in ("--set", s)]]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """``(folder, prior_3d_diffusers)``: every weight at tiny size (:func:`priors.tiny.write_weights`)."""
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = tiny.write_weights(folder)
+    return folder, cfg.prior_3d_diffusers
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pipeline.run import session
 from pipeline.run.progress import Progress
 from pipeline.run.store import RunStore
 from tests.doubles import double_stages, small_config
-from tests.pipeline.conftest import drive
+from tests.pipeline.conftest import drive, tiny_run_args
 from tests.pipeline.test_resume import wait_for_step
 
 
@@ -83,16 +83,19 @@ def test_status_of_a_non_run_is_an_error(tmp_path, capsys):
     assert "not a geneman run folder" in capsys.readouterr().err
 
 
-def test_real_cli_stops_after_preprocess_naming_the_missing_stage(tmp_path, photo, capsys):
+def test_real_cli_stops_at_the_first_stage_not_built_naming_it(tmp_path, photo, tiny_weights, capsys):
+    """The real stages on tiny weights: geometry_init and geometry_sculpt run, texture_coarse stops the run."""
     out = tmp_path / "out"
-    code = main(["run", str(photo), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"])
+    code = main(["run", str(photo), "-o", str(out), *tiny_run_args(*tiny_weights)])
     err = capsys.readouterr().err
-    assert code == 3
-    assert "stage geometry_init is not built yet" in err and "Traceback" not in err
+    assert code == 3, err
+    assert "stage texture_coarse is not built yet" in err and "Traceback" not in err
     m = RunStore(out).load()
-    assert m.status == "blocked" and m.stages["preprocess"].state == "done"
-    assert m.stages["geometry_init"].state == "not-built"
+    assert m.status == "blocked"
+    assert [m.stages[s].state for s in ("preprocess", "geometry_init", "geometry_sculpt")] == ["done"] * 3
+    assert m.stages["texture_coarse"].state == "not-built"
     assert (out / "00_preprocess" / "result" / "rgba.png").is_file()
+    assert (out / "02_geometry_sculpt" / "result").is_dir() and not (out / "03_texture_coarse" / "result").exists()
     assert not (out / "final").exists()
     assert main(["export", str(out)]) == 2
     assert "no finished texture_refine result" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from PIL import Image
 
 from pipeline.cli.main import main
 from pipeline.run import preprocess
+from tests.pipeline.conftest import tiny_run_args
 
 
 def person_rgba(w=96, h=128) -> Image.Image:
@@ -320,7 +321,8 @@ def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
     good = tmp_path / "person.png"
     person_rgba().save(good)
     out = tmp_path / "out"
-    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"]) == 3
+    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false",
+                 "--until", "preprocess"]) == 0
     capsys.readouterr()
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     bad = tmp_path / "bad.png"
@@ -330,20 +332,24 @@ def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
-def test_resume_with_set_redoes_preprocess(tmp_path, capsys):
+def test_resume_with_set_redoes_preprocess(tmp_path, tiny_weights, capsys):
+    """``run --until preprocess``, then ``resume --set preprocess.fill=0.5``: preprocess is redone with the
+    new value and the run goes on past it (real stages on tiny weights, up to texture_coarse, not built)."""
     import json
     good = tmp_path / "person.png"
     person_rgba().save(good)
     out = tmp_path / "out"
-    assert main(["run", str(good), "-o", str(out), "--preset", "cpu", "--set", "preprocess.depth_normal=false"]) == 3
+    assert main(["run", str(good), "-o", str(out), *tiny_run_args(*tiny_weights), "--until", "preprocess"]) == 0
     first = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
-    assert main(["resume", str(out), "--set", "preprocess.fill=0.5"]) == 3
-    second = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
-    assert first != second
+    weights = ["--weights", str(tiny_weights[0]), "--set", f"priors.prior_3d_diffusers={tiny_weights[1]}"]
+    assert main(["resume", str(out), *weights, "--quiet", "--set", "preprocess.fill=0.5"]) == 3
+    m = json.loads((out / "run.json").read_text())
+    assert first != m["stages"]["preprocess"]["hash"] and m["stages"]["geometry_sculpt"]["state"] == "done"
     assert "fill: 0.5" in (out / "config.yaml").read_text()
     mask = np.asarray(Image.open(out / "00_preprocess" / "result" / "mask.png")) > 127
     ys = np.nonzero(mask)[0]
-    assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 256, abs=3)
+    assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 64, abs=3)
+    capsys.readouterr()
     assert main(["resume", str(out), "--set", "preprocess.fil=0.5"]) == 2
     assert "did you mean 'preprocess.fill'" in capsys.readouterr().err
 
