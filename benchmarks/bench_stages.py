@@ -467,7 +467,8 @@ def main() -> None:
           f"preset {args.preset}, overrides {args.set or 'none'}{', TINY priors' if args.tiny else ''}", flush=True)
     if args.only == "tets":
         b = count_band(run_cfg)
-        print(f"stage-2 band at tet grid {b['tet_grid']} (band {b['band']:g} cells of {b['cell']:.4f}) around {SUBJECT} "
+        print(f"stage-2 band at tet grid {b['tet_grid']} (band {b['band']:g} cells of {b['cell']:.4f}) "
+              f"around {SUBJECT} "
               f"({b['subject_faces']} faces; distance to surface samples {b['spacing']:.4f} apart): {b['tets']} tets "
               f"({b['tets'] / b['full_grid_tets']:.2%} of the full {b['full_grid_tets']}), {b['verts']} vertices, "
               f"{b['bytes'] / 2**30:.2f} GiB as fp32 positions + int64 tets; built in {b['seconds']:.1f} s")
