@@ -108,6 +108,8 @@ class Config:
     """Points per fitting step (near the surface and in the band)."""
     init_lr: float = 0.001
     """Learning rate of the fit."""
+    pool_points: int = 400000
+    """Points (near the stage-1 surface) whose exact SDF is computed once, for the fit and the SDF loss."""
     mlp_neurons: int = 64
     """Hidden width of the SDF / deformation MLP."""
     deform_scale: float = 0.5
@@ -152,13 +154,12 @@ class SDFNetwork(nn.Module):
         return out[:, 0], torch.tanh(out[:, 1:]) * (self.deform_scale * self.cell)
 
 
-def fit_sdf(net: SDFNetwork, target: MeshSDF, verts: Tensor, cfg: "Config", gen: torch.Generator) -> Tensor:
-    """Fit the network's SDF to the stage-1 mesh's (MSE; threestudio's ``initialize_shape``) on the band's
-    vertices and jittered copies of them; returns the last loss. Offsets start at zero (not trained here)."""
+def fit_sdf(net: SDFNetwork, pool: tuple[Tensor, Tensor], cfg: "Config", gen: torch.Generator) -> Tensor:
+    """Fit the network's SDF to the stage-1 mesh's (MSE; threestudio's ``initialize_shape``) on the point
+    pool of :func:`sdf_pool`; returns the last loss. Offsets start at zero (not trained here)."""
     net.set_step(10**9)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.init_lr)
-    pool = torch.cat([verts, verts + (torch.rand(verts.shape, generator=gen) - 0.5) * net.cell])
-    sdf = target(pool)
+    pool, sdf = pool[0].cpu(), pool[1].cpu()
     loss = torch.zeros(())
     for _ in range(cfg.init_steps):
         pick = torch.randint(0, pool.shape[0], (min(cfg.init_points, pool.shape[0]),), generator=gen)
@@ -219,7 +220,9 @@ class Grid:
         coarse = cfg.tet_grid
         while coarse > 16 and coarse % 2 == 0:
             coarse //= 2
-        cubes = band_cubes(target, cfg.tet_grid, cfg.bound, cfg.band, coarse)
+        cell = 2 * cfg.bound / cfg.tet_grid
+        margin = target.spacing() / cell  # unsigned() overestimates by up to the sample spacing
+        cubes = band_cubes(target.unsigned, cfg.tet_grid, cfg.bound, cfg.band + margin, coarse)
         verts, corners = band_grid(cubes, cfg.tet_grid, cfg.bound)
         return cls(verts.to(device), corners.to(device))
 
@@ -284,10 +287,14 @@ def regularisers(net: SDFNetwork, verts: Tensor, faces: Tensor, topo, sdf_pool: 
     return losses
 
 
-def sdf_pool(target: MeshSDF, grid: Grid, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Fixed points (the band's vertices and jittered copies) and the stage-1 mesh's SDF there."""
-    cell = (grid.verts[:, 0].unique()[:2].diff().abs().item() if grid.verts.shape[0] > 1 else 0.01)
+def sdf_pool(target: MeshSDF, grid: Grid, cfg: Config, gen: torch.Generator,
+             device: torch.device) -> tuple[Tensor, Tensor]:
+    """Fixed points (band vertices, half of them jittered within a cell; at most ``pool_points``) and
+    the stage-1 mesh's exact SDF there: the targets of the initial fit and of the SDF loss."""
+    cell = 2 * cfg.bound / cfg.tet_grid
     v = grid.verts.cpu()
+    if v.shape[0] > cfg.pool_points // 2:
+        v = v[torch.randperm(v.shape[0], generator=gen)[: cfg.pool_points // 2]]
     pts = torch.cat([v, v + (torch.rand(v.shape, generator=gen) - 0.5) * cell])
     return pts.to(device), target(pts).to(device)
 
@@ -327,7 +334,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     grid = Grid.around(target, cfg, device)
     net = SDFNetwork(cfg, cfg.tet_grid).to(device)
     init_gen = generator(torch.device("cpu"), seed_from_torch())
-    pool = sdf_pool(target, grid, init_gen, device)
+    pool = sdf_pool(target, grid, cfg, init_gen, device)
     opt = make_optimizer(cfg.optim, {"encoding": (list(net.encoding.parameters()), cfg.optim.lr),
                                      "mlp": (list(net.mlp.parameters()), cfg.optim.lr_other)})
     gen, cam_gen = generator(device, seed_from_torch()), generator(torch.device("cpu"), seed_from_torch())
@@ -336,7 +343,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     if start == 0:
         log.info("geometry_sculpt: %d tets in a %.0f-cell band of the %d^3 grid; fitting the SDF to the stage-1 mesh",
                  6 * grid.cubes.shape[0], cfg.band, cfg.tet_grid)
-        fit_sdf(net, target, grid.verts.cpu(), cfg, init_gen)
+        fit_sdf(net, pool, cfg, init_gen)
     centres = part_centres(inputs, cfg)
     if centres is None and cfg.parts.enabled:
         log.warning("geometry_sculpt: no body landmarks; guidance cameras are full-body only (no head / upper / "

@@ -87,6 +87,19 @@ class MeshSDF:
         points = torch.cat([samples, v.mean(1), self.verts[self.faces[:, 0]]])
         self.tree = cKDTree(points.numpy())
 
+    def unsigned(self, points: Tensor) -> Tensor:
+        """Approximate unsigned distance ``[N]``: to the nearest of the surface samples (an upper bound on
+        the true distance by at most the sample spacing; a KD-tree lookup, about 100x cheaper than
+        :meth:`__call__`). For coarse tests such as which grid cubes lie near the surface."""
+        d, _ = self.tree.query(points.detach().float().cpu().numpy(), k=1, workers=-1)
+        return torch.as_tensor(d, dtype=torch.float32).to(points.device)
+
+    def spacing(self) -> float:
+        """Typical distance between neighbouring surface samples (the error bound of :meth:`unsigned`)."""
+        area = float(torch.cross(*(self.verts[self.faces][:, i] - self.verts[self.faces][:, 0] for i in (1, 2)),
+                                 dim=-1).norm(dim=-1).sum() / 2)
+        return (area / max(self.tree.n, 1)) ** 0.5
+
     def __call__(self, points: Tensor, chunk: int = 2**16) -> Tensor:
         """Signed distance [N] of ``points`` [N, 3], negative inside."""
         out = [self._query(p) for p in points.detach().float().cpu().split(chunk)]

@@ -84,3 +84,23 @@ def test_results_reload_exactly(stage1, priors, inputs, tmp_path):
     again = geometry_sculpt.Result.load(tmp_path / "r2")
     assert torch.equal(again.verts, r2.verts) and torch.equal(again.faces, r2.faces)
     assert (tmp_path / "r2" / "mesh.ply").is_file()
+
+
+def test_the_band_holds_every_cube_the_surface_crosses():
+    """The band found coarse to fine from the approximate (KD-tree) distance keeps every cube of the full
+    grid whose corners change sign, and is a small part of the grid (memory grows with the surface)."""
+    from stages.render.dmtet import band_cubes, grid_vertices
+    from stages.render.marching_cubes import field_to_mesh
+    from stages.render.mesh_sdf import MeshSDF
+
+    def ellipsoid(p):
+        return 0.45 - (p * torch.tensor([1.0, 1.6, 0.8])).norm(dim=-1)
+
+    verts, faces = field_to_mesh(ellipsoid, 128, 0.0)  # within about 1/128 of the analytic surface
+    target, res = MeshSDF(verts, faces), 64
+    cubes = band_cubes(target.unsigned, res, 1.0, 1.0 + target.spacing() / (2 / res), 8)
+    inside = (ellipsoid(grid_vertices(res)) > 0).reshape(res + 1, res + 1, res + 1)
+    corners = torch.stack([inside[i:i + res, j:j + res, k:k + res] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    crossed = {tuple(c) for c in (corners.any(0) & ~corners.all(0)).nonzero().tolist()}
+    kept = {tuple(c) for c in cubes.tolist()}
+    assert crossed and crossed <= kept and len(kept) < res**3 / 8, (len(crossed - kept), len(kept))
