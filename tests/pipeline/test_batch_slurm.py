@@ -310,15 +310,19 @@ def test_warning_while_the_job_starts_requeues_it(cluster, tmp_path):
     assert result_bytes(out / "person") == expected
 
 
-def test_cli_flags_reach_sbatch_and_status_sums_up(cluster, tmp_path, capsys):
-    """The product command (its own stages and priors): the photos are unreadable, so each fails fast, on its own."""
+def test_cli_flags_reach_sbatch_and_status_sums_up(cluster, tmp_path, capsys, tiny_weights):
+    """The product command (its own stages and priors, tiny weights so the job's weight check passes): the
+    photos are unreadable, so each fails fast, on its own."""
+    weights, prior_3d = tiny_weights
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a", "b", "c"):
         (folder / f"{name}.png").write_bytes(b"not a photo")
     out = tmp_path / "out"
     code = cli.main(["batch", str(folder), "-o", str(out), "--partition", "debug", "--time", "00:05:00", "--mem", "1G",
-                     "--cpus-per-job", "1", "--max-parallel", "2", "--images-per-job", "2", "--preset", "cpu"])
+                     "--cpus-per-job", "1", "--max-parallel", "2", "--images-per-job", "2", "--preset", "cpu",
+                     "--weights", str(weights), "--set", f"priors.prior_3d_diffusers={prior_3d}",
+                     "--set", "preprocess.depth_normal=false"])
     assert code == 0 and "submitted 3 image(s) in job(s)" in capsys.readouterr().out
     (script,) = (out / "logs").rglob("*_submission.sh")
     text = script.read_text()
