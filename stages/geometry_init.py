@@ -231,7 +231,7 @@ def render(field: DensityField, occ: OccupancyGrid, cams: Cameras, res: int, cfg
                         normals=cfg.normal_type if normals else None, perturb=perturb, generator=gen)
 
 
-def random_cameras(cfg: Config, gen: torch.Generator) -> Cameras:
+def guidance_cameras(cfg: Config, gen: torch.Generator) -> Cameras:
     """Random orbit cameras of a guidance step."""
     c = cfg.camera
     return sample_orbit(cfg.batch_size, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range, gen)
@@ -272,7 +272,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
         # 2. camera: the reference every n_ref-th step, random orbit cameras otherwise
         is_ref = step % cfg.n_ref == 0
         ref = refs.setdefault(res, Reference.at(inputs, ref_cam, res, device))
-        cams = ref.camera if is_ref else random_cameras(cfg, cam_gen).to(device)
+        cams = ref.camera if is_ref else guidance_cameras(cfg, cam_gen).to(device)
         with autocast(cfg.mixed_precision, device):
             # 3. render (normals only when a loss weighted now needs them)
             out = render(field_, occ, cams, res, cfg, active(w, *NORMAL_LOSSES), gen)
