@@ -26,7 +26,7 @@ from pipeline.run import preprocess
 from pipeline.run.checkpoint import Checkpointer
 from pipeline.run.progress import Progress
 from pipeline.run.signals import StopSignals
-from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now
+from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now, sha256_file
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
 
@@ -274,7 +274,6 @@ def stored_input(folder: Path, record: dict, name_key: str, sha_key: str) -> Pat
     Raises:
         InputError: a name that is a path, a missing file or one whose bytes changed.
     """
-    from pipeline.run.session import sha256_file  # session imports this module
 
     name = record.get(name_key)
     if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):

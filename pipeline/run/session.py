@@ -5,7 +5,6 @@ a mistyped command.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from contextlib import nullcontext
@@ -17,18 +16,9 @@ from pipeline.errors import InputError
 from pipeline.run import models, preprocess
 from pipeline.run.runner import DEFAULT_STAGES, Runner, StageSpec, check_stage_name
 from pipeline.run.signals import DEFAULT_SIGNALS, StopSignals
-from pipeline.run.store import LOCK, PREPROCESS, RunStore, atomic_write_bytes, package_versions
+from pipeline.run.store import LOCK, PREPROCESS, RunStore, atomic_write_bytes, package_versions, sha256_file
 
 CONFIG = "config.yaml"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def start(photo: Path, out: Path, cfg: RunConfig, mask: Path | None = None,

@@ -6,6 +6,7 @@ either the old or the new version, never half of one.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata as md
 import json
 import logging
@@ -324,3 +325,12 @@ def _take_over_if_stale(path: Path) -> None:
         return
     raise LockError(f"{path.parent} is in use by pid {pid} on {host} since {holder.get('since', '?')}; "
                     f"wait for it, or delete {path} if that process is gone")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
