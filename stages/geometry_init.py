@@ -17,7 +17,7 @@ from torch import Tensor
 from stages import losses as L
 from stages import previews
 from stages.common import GuidanceConfig, HashGridConfig, OptimConfig, OrbitCameraConfig
-from stages.inputs import Inputs
+from stages.inputs import Inputs, reference_maps
 from stages.loop import (
     active,
     autocast,
@@ -30,7 +30,7 @@ from stages.loop import (
     weights_at,
 )
 from stages.mesh_result import MeshResult
-from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit
+from stages.render.cameras import Cameras, reference_camera, sample_orbit
 from stages.render.fields import DensityField, density_normals
 from stages.render.marching_cubes import field_to_mesh
 from stages.render.occupancy import OccupancyGrid
@@ -156,17 +156,9 @@ class Reference:
 
     @classmethod
     def at(cls, inputs: Inputs, camera: Cameras, res: int, device: torch.device) -> "Reference":
-        """Resize the preprocess maps (area filter; normals renormalised) to ``res`` x ``res``."""
-        def resize(x: Tensor | None) -> Tensor | None:
-            if x is None:
-                return None
-            x = x.reshape(*x.shape[:2], -1).permute(2, 0, 1)[None].float()
-            return F.interpolate(x, (res, res), mode="area")[0].permute(1, 2, 0)[None].to(device)
-
-        normal = resize(inputs.normal)
-        if normal is not None:
-            normal = F.normalize(normal, dim=-1) * (normal.norm(dim=-1, keepdim=True) > 0.5)
-        return cls(resize(inputs.rgb), resize(inputs.mask), resize(inputs.depth), normal, camera.to(device))
+        """The preprocess maps at ``res`` x ``res`` (:func:`stages.inputs.reference_maps`)."""
+        m = reference_maps(inputs, res, device)
+        return cls(m["rgb"], m["mask"], m["depth"], m["normal"], camera.to(device))
 
 
 def reference_losses(out: dict[str, Tensor], ref: Reference, cfg: Config, w: dict[str, float]) -> dict[str, Tensor]:
@@ -237,14 +229,6 @@ def guidance_cameras(cfg: Config, gen: torch.Generator) -> Cameras:
     return sample_orbit(cfg.batch_size, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range, gen)
 
 
-def preview_cameras(cfg: Config) -> Cameras:
-    """The reference camera and three novel views (azimuth +90, +180, +270)."""
-    c = cfg.camera
-    az = torch.tensor([0.0, 90.0, 180.0, 270.0]) + c.ref_azimuth
-    ones = torch.ones(4)
-    return orbit_cameras(ones * c.ref_elevation, az, ones * c.ref_distance, ones * c.ref_fovy)
-
-
 def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     """Fit the field for ``cfg.steps`` steps (resuming from ``ckpt``) and convert it to a mesh."""
     device = stage_device(priors)
@@ -294,7 +278,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
 
 @torch.no_grad()
 def _preview(field_: DensityField, occ: OccupancyGrid, cfg: Config, res: int, device: torch.device) -> Tensor:
-    out = render(field_, occ, preview_cameras(cfg).to(device), res, cfg, False, None, perturb=False)
+    out = render(field_, occ, previews.preview_cameras(cfg.camera).to(device), res, cfg, False, None, perturb=False)
     return out["rgb"]
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from stages import losses as L
 from stages import previews
 from stages.common import GuidanceConfig, HashGridConfig, OptimConfig, OrbitCameraConfig, PartCameraConfig
-from stages.inputs import Inputs
+from stages.inputs import Inputs, reference_maps
 from stages.loop import (
     active,
     autocast,
@@ -33,7 +33,7 @@ from stages.loop import (
 )
 from stages.mesh_result import MeshResult
 from stages.render.antialias import build_topology
-from stages.render.cameras import Cameras, orbit_cameras, reference_camera, sample_orbit, sample_part_cameras
+from stages.render.cameras import Cameras, reference_camera, sample_orbit, sample_part_cameras
 from stages.render.dmtet import band_cubes, band_grid, marching_tets_cubes
 from stages.render.fields import MLP
 from stages.render.hashgrid import HashGrid
@@ -299,28 +299,6 @@ def sdf_pool(target: MeshSDF, grid: Grid, cfg: Config, gen: torch.Generator,
     return pts.to(device), target(pts).to(device)
 
 
-def reference_maps(inputs: Inputs, res: int, device: torch.device) -> dict[str, Tensor | None]:
-    """The preprocess maps at ``res`` ``[1, res, res, C]`` (normals renormalised inside the mask)."""
-    def resize(x: Tensor | None) -> Tensor | None:
-        if x is None:
-            return None
-        x = x.reshape(*x.shape[:2], -1).permute(2, 0, 1)[None].float()
-        return F.interpolate(x, (res, res), mode="area")[0].permute(1, 2, 0)[None].to(device)
-
-    normal = resize(inputs.normal)
-    if normal is not None:
-        normal = F.normalize(normal, dim=-1) * (normal.norm(dim=-1, keepdim=True) > 0.5)
-    return {"mask": resize(inputs.mask), "normal": normal, "depth": resize(inputs.depth)}
-
-
-def preview_cameras(cfg: Config) -> Cameras:
-    """The reference camera and three novel views (azimuth +90, +180, +270)."""
-    c = cfg.camera
-    ones = torch.ones(4)
-    return orbit_cameras(ones * c.ref_elevation, torch.tensor([0.0, 90.0, 180.0, 270.0]) + c.ref_azimuth,
-                         ones * c.ref_distance, ones * c.ref_fovy)
-
-
 def _render(verts: Tensor, faces: Tensor, cams: Cameras, res: int, topo) -> dict[str, Tensor]:
     return render_mesh(verts, faces, cams, res, res, topology=topo)
 
@@ -386,6 +364,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
 @torch.no_grad()
 def _preview(net: SDFNetwork, grid: Grid, cfg: Config, device: torch.device) -> Tensor:
     verts, faces, _ = extract(net, grid)
-    out = _render(verts, faces, preview_cameras(cfg).to(device), cfg.resolution, build_topology(faces))
-    cam_normal = L.to_camera(out["normal"], preview_cameras(cfg).c2w.to(device))
+    cams = previews.preview_cameras(cfg.camera).to(device)
+    out = _render(verts, faces, cams, cfg.resolution, build_topology(faces))
+    cam_normal = L.to_camera(out["normal"], cams.c2w)
     return out["mask"] * (cam_normal * 0.5 + 0.5) + (1 - out["mask"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -70,6 +71,21 @@ class Inputs:
         return cls(rgb=t["rgb"], mask=t["mask"], depth=t.get("depth"), normal=t.get("normal"),
                    landmarks=t.get("landmarks"), prompt=meta.get("prompt", ""),
                    negative_prompt=meta.get("negative_prompt", ""))
+
+
+def reference_maps(inputs: Inputs, res: int, device: torch.device | str) -> dict[str, torch.Tensor | None]:
+    """The photo and its maps at ``res`` x ``res`` as ``[1, res, res, C]`` on ``device`` (area filter;
+    normals renormalised, zero outside the mask): ``rgb``, ``mask``, ``depth``, ``normal`` (None where absent)."""
+    def resize(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        x = x.reshape(*x.shape[:2], -1).permute(2, 0, 1)[None].float()
+        return F.interpolate(x, (res, res), mode="area")[0].permute(1, 2, 0)[None].to(device)
+
+    normal = resize(inputs.normal)
+    if normal is not None:
+        normal = F.normalize(normal, dim=-1) * (normal.norm(dim=-1, keepdim=True) > 0.5)
+    return {"rgb": resize(inputs.rgb), "mask": resize(inputs.mask), "depth": resize(inputs.depth), "normal": normal}
 
 
 def _png(x: torch.Tensor, path: Path) -> None:

@@ -5,8 +5,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
+
+from stages.common import OrbitCameraConfig
+from stages.render.cameras import Cameras, orbit_cameras
 
 
 def strip(images: Tensor) -> np.ndarray:
@@ -33,3 +37,10 @@ def write(ckpt, step: int, images: Tensor) -> Path:
     Image.fromarray(strip(images)).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def preview_cameras(c: OrbitCameraConfig) -> Cameras:
+    """The reference camera and three novel views (azimuth +90, +180, +270) of a preview strip."""
+    ones = torch.ones(4)
+    return orbit_cameras(ones * c.ref_elevation, torch.tensor([0.0, 90.0, 180.0, 270.0]) + c.ref_azimuth,
+                         ones * c.ref_distance, ones * c.ref_fovy)
