@@ -132,3 +132,31 @@ def density_normals(density_fn, x: Tensor, mode: str = "finite_difference", eps:
     else:
         raise ValueError(f"unknown normal mode {mode!r} (analytic or finite_difference)")
     return -nn.functional.normalize(grad, dim=-1)
+
+
+class AlbedoField(nn.Module):
+    """Albedo of surface points: hash grid -> MLP -> sigmoid (the texture field of stage 3).
+
+    Args:
+        radius: half side of the box [-radius, radius]^3 the grid covers.
+        n_levels, features_per_level, log2_hashmap_size, base_resolution, per_level_scale: :class:`.hashgrid.HashGrid`.
+        n_neurons, n_hidden_layers: MLP size.
+
+    Example:
+        >>> f = AlbedoField(1.0, n_levels=2, log2_hashmap_size=8, n_neurons=8)
+        >>> f(torch.zeros(5, 3)).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(self, radius: float = 1.0, n_levels: int = 16, features_per_level: int = 2,
+                 log2_hashmap_size: int = 19, base_resolution: int = 16, per_level_scale: float = 1.447269237440378,
+                 n_neurons: int = 64, n_hidden_layers: int = 1):
+        super().__init__()
+        self.radius = radius
+        self.encoding = HashGrid(n_levels, features_per_level, log2_hashmap_size, base_resolution, per_level_scale)
+        self.mlp = MLP(self.encoding.out_dim, 3, n_neurons, n_hidden_layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Albedo [N, 3] in [0, 1] at points ``x`` [N, 3] (points outside the box clamp to its faces)."""
+        unit = ((x / self.radius + 1) / 2).clamp(0, 1)
+        return torch.sigmoid(self.mlp(self.encoding(unit)).float())
