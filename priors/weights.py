@@ -205,16 +205,18 @@ STAGE_WEIGHTS = {
     "geometry_init": ("sd15", "prior_2d", "prior_3d"),
     "geometry_sculpt": ("normal_adapted", "depth_adapted", "lpips"),
     "texture_coarse": ("sd15", "prior_2d", "prior_3d"),
-    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal", "lpips"),
+    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal"),
 }
-"""Weights each stage loads (keys of :func:`all_weights`)."""
+"""Weights each stage needs (keys of :func:`all_weights`)."""
+
+OPTIONAL_STAGE_WEIGHTS = {"texture_refine": ("lpips",)}
+"""Weights a stage uses when they are there and runs without (saying so once): not in the check."""
 
 LOSS_GATES = {
     "geometry_init": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
     "geometry_sculpt": {"normal_adapted": ("lambda_sds_normal",), "depth_adapted": ("lambda_sds_depth",),
                         "lpips": ("lambda_normal_lpips",)},
     "texture_coarse": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
-    "texture_refine": {"lpips": ("lambda_lpips",)},
 }
 """Weights a stage loads only for a loss: not needed when each loss weight named is 0 all along."""
 
