@@ -36,6 +36,9 @@ def test_required_weights_per_stage():
     assert [s.key for s in required_weights(cfg, ["texture_refine"])] == ["normal_aligned", "prior_2d",
                                                                          "controlnet_normal"]
     assert len(required_weights(cfg)) == 10
+    assert "clip" not in [s.key for s in required_weights(cfg)]  # a run never needs eval's CLIP
+    assert [s.key for s in required_weights(cfg, ["eval"])] == ["clip", "lpips"]
+    assert required_weights(cfg, ["eval"])[0].repo_id == "openai/clip-vit-large-patch14"
     with pytest.raises(ValueError, match="unknown stage"):
         required_weights(cfg, ["stage_5"])
 
