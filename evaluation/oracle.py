@@ -1,7 +1,7 @@
 """The benchmark's oracle guidance: answers the guidance calls the stages make with a loss that pulls
 each render towards the ground truth's render at the same camera.
 
-It stands where the run's priors stand (``priors.hybrid``, ``priors.adapted``), so ``geneman bench``
+It stands where the run's priors stand (``priors.hybrid``, ``priors.adapted``, ``priors.sdedit``), so ``geneman bench``
 drives exactly the stage code of ``geneman run``; it measures the machinery (fields, renderers,
 schedules, optimisers, hand-offs) apart from what the diffusion priors know.
 
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from priors.adapted import normal_image
 from priors.hybrid import HybridOutput, Term
+from priors.weights import MissingWeightError
 
 Truth = Callable[..., dict[str, Tensor]]
 """``truth(cameras, height, width) -> {"rgb", "mask", "depth", "normal"}`` maps ``[B, H, W, C]``:
@@ -109,6 +110,27 @@ class OracleAdapted:
         return OracleTerm(self.cfg.depth_scale * (err + F.mse_loss(mask, gt_mask)))
 
 
+class OracleSDEdit:
+    """Stands for :class:`priors.sdedit.ControlNetSDEdit`: the "edit" of a render is the truth's albedo
+    render at the same camera (what a perfect editor would return)."""
+
+    def __init__(self, truth: Truth):
+        self.truth = truth
+        self.calls = 0
+
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        """Nothing to set."""
+
+    def __call__(self, images: Tensor, control: Tensor, embeddings, strength: float, num_inference_steps: int,
+                 guidance_scale: float = 7.5, conditioning_scale: float = 1.0, size=None, generator=None,
+                 cameras=None) -> Tensor:
+        """The truth's ``[B, 3, H, W]`` albedo on white at ``cameras``, the size of ``images``."""
+        if cameras is None:
+            raise ValueError("the oracle guidance needs the render cameras (cameras=...)")
+        self.calls += 1
+        return self.truth(cameras, images.shape[2], images.shape[3])["rgb"].permute(0, 3, 1, 2).to(images)
+
+
 class OraclePriors:
     """What the runner hands the stages as ``priors`` in a benchmark: the oracle in place of each guidance.
 
@@ -118,11 +140,27 @@ class OraclePriors:
         device: where the stages run.
     """
 
-    def __init__(self, truth: Truth, cfg: OracleConfig | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, truth: Truth, cfg: OracleConfig | None = None, device: torch.device | str = "cpu",
+                 lpips: Callable[[], torch.nn.Module] | None = None):
         cfg = cfg or OracleConfig()
         self.device = torch.device(device)
         self.hybrid = OracleHybrid(truth, cfg)
         self.adapted = OracleAdapted(truth, cfg)
+        self.sdedit = OracleSDEdit(truth)
+        self._lpips_loader, self._lpips = lpips, None
+
+    @property
+    def lpips(self) -> torch.nn.Module:
+        """LPIPS is a loss, not a prior: the real network when the benchmark was given a loader for it.
+
+        Raises:
+            priors.weights.MissingWeightError: no loader (or the loader's own error: weights missing).
+        """
+        if self._lpips is None:
+            if self._lpips_loader is None:
+                raise MissingWeightError("lpips: no LPIPS weights given to the benchmark")
+            self._lpips = self._lpips_loader()
+        return self._lpips
 
     def check(self, *args, **kwargs) -> None:
         """No weights to check."""

@@ -22,7 +22,7 @@ from PIL import Image
 
 from evaluation.framing import Framing, frame_subject
 from evaluation.meshes import SubjectMesh, load_mesh
-from evaluation.metrics import geometry_metrics
+from evaluation.metrics import geometry_metrics, psnr, ssim
 from evaluation.oracle import OraclePriors
 from evaluation.subjects import SUBJECTS, write_subject
 from evaluation.truth import SubjectRenderer, normalised_depth, to_uint8
@@ -32,13 +32,18 @@ from pipeline.run import session
 from pipeline.run.models import resolve_device
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
 from pipeline.run.store import atomic_write_bytes
-from stages.render.cameras import reference_camera
+from priors.lpips import LPIPS
+from priors.weights import all_weights, check_one
+from stages.render.cameras import reference_camera, turntable
+from stages.render.export import to_trimesh
+from stages.textured_mesh import TexturedMesh
 
 log = logging.getLogger("geneman")
 
 GEOMETRY_STAGES = ("geometry_init", "geometry_sculpt")
 RUN = "run"
 REFERENCE = "reference.png"
+TURNTABLE_VIEWS = 120
 
 
 def built_stages() -> tuple[StageSpec, ...]:
@@ -108,14 +113,59 @@ def stage_report(run: Path, spec: StageSpec, subject: SubjectMesh, framing: Fram
     return figures
 
 
+def appearance_report(result: TexturedMesh, renderer: SubjectRenderer, size: int, lpips=None,
+                      n_views: int = TURNTABLE_VIEWS) -> dict[str, Any]:
+    """PSNR and SSIM (LPIPS too when given) of the avatar's unlit albedo against the truth's on the
+    evaluation turntable (``n_views`` views, elevation 0, distance 3, fovy 20, white background): the
+    mean, per view, and the means of the front half (views within 90 degrees of the reference camera)
+    and of the back half."""
+    cams = turntable(n_views)
+    per_psnr, per_ssim, per_lpips = [], [], []
+    with torch.no_grad():
+        for view in range(n_views):
+            cam = cams[view:view + 1]
+            ours, gt = result.render(cam, size, size)["rgb"], renderer(cam, size, size)["rgb"]
+            per_psnr.append(psnr(ours, gt))
+            per_ssim.append(ssim(ours, gt))
+            if lpips is not None:
+                per_lpips.append(float(lpips(ours.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2))))
+    front = [i for i in range(n_views) if min(i, n_views - i) * 360.0 / n_views < 90.0]
+    back = [i for i in range(n_views) if i not in front]
+    mean = lambda xs, ids=None: float(np.mean([xs[i] for i in (ids if ids is not None else range(len(xs)))]))  # noqa: E731
+    report = {"psnr": mean(per_psnr), "ssim": mean(per_ssim), "psnr_front": mean(per_psnr, front),
+              "psnr_back": mean(per_psnr, back), "ssim_front": mean(per_ssim, front),
+              "ssim_back": mean(per_ssim, back), "views": n_views, "size": size,
+              "per_view": {"psnr": per_psnr, "ssim": per_ssim}}
+    if per_lpips:
+        report["lpips"] = mean(per_lpips)
+        report["per_view"]["lpips"] = per_lpips
+    return report
+
+
 def recon_glb(run: Path, spec: StageSpec, framing: Framing, out: Path) -> Path:
-    """The last stage's mesh in the subject's frame and units as ``OUT/recon.glb``."""
+    """The last stage's mesh in the subject's frame and units as ``OUT/recon.glb`` (textured once the
+    texture stages ran; vertex colours before)."""
     result = spec.module.Result.load(run / spec.folder / "result")
+    path = out / "recon.glb"
+    if isinstance(result, TexturedMesh):
+        verts, faces, uvs = result.split()
+        verts = torch.as_tensor(framing.to_subject(verts.double().numpy()), dtype=torch.float32)
+        mesh = to_trimesh(verts, faces, uvs, result.texture, rotate=False)  # to_subject gave glTF axes
+        atomic_write_bytes(path, mesh.export(file_type="glb"))
+        return path
     mesh = result.to_trimesh()
     mesh.vertices = framing.to_subject(np.asarray(mesh.vertices, dtype=np.float64))
-    path = out / "recon.glb"
     atomic_write_bytes(path, mesh.export(file_type="glb"))
     return path
+
+
+def lpips_loader(cfg: RunConfig, device: torch.device):
+    """A loader of the real LPIPS network (its weights resolved as a run resolves them), or None when they
+    are not there: the texture stage and the appearance figures then go without it."""
+    if not check_one(cfg.priors, all_weights(cfg.priors)["lpips"]).found:
+        log.info("bench: LPIPS weights not found; appearance without LPIPS (see `geneman weights check`)")
+        return None
+    return lambda: LPIPS.from_pretrained(cfg.priors, device)
 
 
 def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
@@ -129,7 +179,9 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> d
     renderer = SubjectRenderer(mesh, framing)
     photo, truth = reference_photo(renderer, cfg, out)
     stages = built_stages()
-    priors = OraclePriors(renderer, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    loader = lpips_loader(cfg, device)
+    priors = OraclePriors(renderer, device=device, lpips=loader)
     session.start(photo, out / RUN, cfg, stages=stages, priors=priors, depth_normal=true_depth_normal(truth),
                   quiet=quiet)
     manifest = json.loads((out / RUN / "run.json").read_text())
@@ -141,6 +193,10 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> d
             report["stages"][spec.name] = figures
     last_geometry = [s for s in stages if s.name in GEOMETRY_STAGES][-1]
     report.update({k: v for k, v in report["stages"][last_geometry.name].items() if k != "seconds"})
+    last = stages[-1].module.Result.load(out / RUN / stages[-1].folder / "result")
+    if isinstance(last, TexturedMesh):
+        lpips = priors.lpips if loader is not None else None
+        report.update(appearance_report(last, renderer, cfg.preprocess.canvas, lpips))
     recon_glb(out / RUN, stages[-1], framing, out)
     report["wall_s"] = round(time.monotonic() - t0, 1)
     atomic_write_bytes(out / "bench.json", (json.dumps(report, indent=2) + "\n").encode())

@@ -34,7 +34,8 @@ INVOCATION_ONLY = {"priors.trust_prior_3d_pickle": "--trust-prior-3d-pickle", "p
 """Keys that only a command-line flag of one invocation sets: never read from a config layer, never stored."""
 WEIGHT_LOCATIONS = ("weights_dir", "sd15", "geneman_repo", "prior_2d_subfolder", "prior_3d_ckpt", "prior_3d_yaml",
                     "prior_3d_diffusers", "normal_adapted", "depth_adapted", "normal_aligned", "controlnet_normal",
-                    "sapiens_normal", "sapiens_normal_file", "sapiens_depth", "sapiens_depth_file", "lpips")
+                    "sapiens_normal", "sapiens_normal_file", "sapiens_depth", "sapiens_depth_file", "lpips",
+                    "clip_eval")
 """``priors.*`` fields naming where weights are read from: a run folder's values are not trusted on resume."""
 
 

@@ -47,6 +47,9 @@ class Config:
     lpips: str = "lpips"
     """Folder of the LPIPS VGG16 weights (``vgg16.safetensors``, ``vgg_lin.safetensors``) under
     ``weights_dir``, or an absolute folder; made once with ``priors.lpips.convert_lpips_weights``."""
+    clip_eval: str = "openai/clip-vit-large-patch14"
+    """CLIP (transformers format: ``config.json``, ``model.safetensors``) whose image embeddings give
+    ``geneman eval``'s CLIP similarity; never loaded by ``geneman run`` (see ``priors.clip``)."""
     sapiens_optional: bool = False
     """Missing Sapiens weights disable the depth / normal losses with a warning instead of stopping."""
     cfg_variant: str = field(default="release", metadata={"choices": ("standard", "release")})

@@ -38,6 +38,8 @@ class ControlNetSDEdit:
         self.scheduler = DDIMScheduler.from_config(copy.deepcopy(scheduler.config), clip_sample=False)
         self.cfg_variant = cfg_variant
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._prompts: tuple[str, str] = ("", "")
+        self._embeddings: PromptEmbeddings | None = None
 
     @classmethod
     def from_pretrained(cls, cfg: Config, device: torch.device | str) -> "ControlNetSDEdit":
@@ -58,6 +60,15 @@ class ControlNetSDEdit:
         """Prompt and negative-prompt embeddings."""
         return self.text(prompt, negative_prompt)
 
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        """Set one avatar's prompt; it is embedded on the first edit that passes no embeddings."""
+        self._prompts, self._embeddings = (prompt, negative_prompt), None
+
+    def _prepared_embeddings(self) -> PromptEmbeddings:
+        if self._embeddings is None:
+            self._embeddings = self.embed(*self._prompts)
+        return self._embeddings
+
     def timesteps(self, strength: float, num_inference_steps: int) -> torch.Tensor:
         """DDIM timesteps run from strength ``strength`` (diffusers img2img ``get_timesteps``)."""
         self.scheduler.set_timesteps(num_inference_steps)
@@ -77,16 +88,22 @@ class ControlNetSDEdit:
         return self.scheduler.step(eps, t, z).prev_sample
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, control: torch.Tensor, embeddings: PromptEmbeddings, strength: float,
-                 num_inference_steps: int, guidance_scale: float = 7.5, conditioning_scale: float = 1.0,
-                 size: int | None = 512, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, control: torch.Tensor, embeddings: PromptEmbeddings | None,
+                 strength: float, num_inference_steps: int, guidance_scale: float = 7.5,
+                 conditioning_scale: float = 1.0, size: int | None = 512, generator: torch.Generator | None = None,
+                 cameras: object | None = None) -> torch.Tensor:
         """Edit [B, 3, H, W] renders in [0, 1] under normal maps ``control`` [B, 3, H, W] in [0, 1].
+
+        ``embeddings`` None uses the prompt given to :meth:`prepare`. ``cameras`` (the render cameras)
+        is not used here; it is part of the call so that the benchmark's oracle answers the same call.
 
         Steps: 1. resize to ``size`` and encode; 2. DDIM timesteps from ``strength``; 3. noise the
         latent to the first of them (``add_noise``, DDPM eq. (4)); 4. guided DDIM steps (DDIM
         eq. (12)); 5. decode and resize back. Returns the edited images, same size as the input.
         """
         h, w = images.shape[-2:]
+        if embeddings is None:
+            embeddings = self._prepared_embeddings()
         steps = self.timesteps(strength, num_inference_steps)
         if len(steps) == 0:
             return images.clone()

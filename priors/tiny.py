@@ -17,7 +17,15 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from priors.config import Config
 from priors.lpips import LPIPS
@@ -71,22 +79,38 @@ def tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
+def _text_config() -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=514, hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77, projection_dim=WIDTH,
+                          bos_token_id=512, eos_token_id=513, pad_token_id=513)
+
+
+def _vision_config() -> CLIPVisionConfig:
+    return CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
+                            image_size=32, patch_size=8, projection_dim=WIDTH, hidden_act="quick_gelu")
+
+
 def text_encoder(seed: int = 0) -> CLIPTextModel:
     """A 2-layer CLIP text encoder of width :data:`WIDTH` for :func:`tokenizer`."""
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=514, hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=WIDTH,
-                         bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    return CLIPTextModel(cfg).eval()
+    return CLIPTextModel(_text_config()).eval()
 
 
 def image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
     """A 2-layer CLIP image encoder shaped by OpenAI CLIP's rules (one head per 64 channels,
     MLP 4x wide, quick-GELU), 32 px input, projecting to :data:`WIDTH`."""
     torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
-                           image_size=32, patch_size=8, projection_dim=WIDTH, hidden_act="quick_gelu")
-    return CLIPVisionModelWithProjection(cfg).eval()
+    return CLIPVisionModelWithProjection(_vision_config()).eval()
+
+
+def clip(seed: int = 0) -> CLIPModel:
+    """A whole CLIP (:func:`text_encoder`'s and :func:`image_encoder`'s shapes), saved as the Hub's
+    ``openai/clip-vit-*`` repositories are: one ``config.json`` (model_type ``clip``) and one
+    ``model.safetensors`` (``geneman eval``'s CLIP similarity reads its image tower)."""
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(text_config=_text_config().to_dict(), vision_config=_vision_config().to_dict(),
+                     projection_dim=WIDTH)
+    return CLIPModel(cfg).eval()
 
 
 def unet(in_channels: int = 4, seed: int = 0) -> UNet2DConditionModel:
@@ -173,7 +197,8 @@ def lpips(seed: int = 0) -> LPIPS:
 
 
 def write_weights(folder: str | Path, seed: int = 0) -> Config:
-    """Write every weight the presets need, at tiny size, in the layout :mod:`priors.weights` expects.
+    """Write every weight the presets and ``geneman eval`` need, at tiny size, in the layout
+    :mod:`priors.weights` expects.
 
     Returns a priors config pointing at ``folder`` (the 3D prior in diffusers format), so the real
     loading code (:class:`priors.registry.PriorSet`) runs end to end without downloads.
@@ -197,4 +222,5 @@ def write_weights(folder: str | Path, seed: int = 0) -> Config:
         (root / getattr(cfg, f"sapiens_{kind}")).mkdir(parents=True, exist_ok=True)
         write_sapiens(str(root / getattr(cfg, f"sapiens_{kind}") / getattr(cfg, f"sapiens_{kind}_file")), kind, seed)
     lpips(seed).save_pretrained(root / cfg.lpips)
+    clip(seed).save_pretrained(root / cfg.clip_eval)
     return cfg

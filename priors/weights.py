@@ -196,6 +196,8 @@ def all_weights(cfg: Config) -> dict[str, WeightSpec]:
                                     "Sapiens depth estimator"),
         "lpips": WeightSpec("lpips", cfg.lpips, (("vgg16.safetensors",), ("vgg_lin.safetensors",)),
                             "LPIPS VGG16 perceptual loss", made_by=LPIPS_MADE_BY),
+        "clip": WeightSpec("clip", cfg.clip_eval, (("config.json",), ("model.safetensors",)),
+                           "CLIP image encoder (geneman eval's CLIP similarity)"),
     }
     return {k: replace(s, repo_id=current_id(s.repo_id)) for k, s in specs.items()}
 
@@ -205,18 +207,27 @@ STAGE_WEIGHTS = {
     "geometry_init": ("sd15", "prior_2d", "prior_3d"),
     "geometry_sculpt": ("normal_adapted", "depth_adapted", "lpips"),
     "texture_coarse": ("sd15", "prior_2d", "prior_3d"),
-    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal", "lpips"),
+    "texture_refine": ("normal_aligned", "prior_2d", "controlnet_normal"),
 }
-"""Weights each stage loads (keys of :func:`all_weights`)."""
+"""Weights each stage needs (keys of :func:`all_weights`)."""
+
+OPTIONAL_STAGE_WEIGHTS = {"texture_refine": ("lpips",)}
+"""Weights a stage uses when they are there and runs without (saying so once): not in the check."""
 
 LOSS_GATES = {
     "geometry_init": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
     "geometry_sculpt": {"normal_adapted": ("lambda_sds_normal",), "depth_adapted": ("lambda_sds_depth",),
                         "lpips": ("lambda_normal_lpips",)},
     "texture_coarse": {"sd15": ("lambda_sds",), "prior_2d": ("lambda_sds",), "prior_3d": ("lambda_sds_3d",)},
-    "texture_refine": {"lpips": ("lambda_lpips",)},
 }
 """Weights a stage loads only for a loss: not needed when each loss weight named is 0 all along."""
+
+GROUP_WEIGHTS = {"eval": ("clip", "lpips")}
+"""Weights of commands beside the stages, by group name (keys of :func:`all_weights`): ``eval`` is
+``geneman eval`` (CLIP similarity; LPIPS, which eval leaves out with a note when missing). A run
+never asks for a group: ``geneman weights check|pull`` lists and fetches them (``--stage eval``)."""
+GROUPS = STAGES + tuple(GROUP_WEIGHTS)
+"""Every name ``geneman weights check|pull --stage`` takes: the stages, then the groups."""
 
 
 def peak(value: Any) -> float:
@@ -226,15 +237,18 @@ def peak(value: Any) -> float:
 
 def stage_weight_keys(stage: str, run_cfg: Any = None) -> list[str]:
     """Keys of the weights ``stage`` loads; with ``run_cfg`` (the run config, read by attribute:
-    ``run_cfg.<stage>.lambda_...``), less those whose losses all have weight 0 throughout.
+    ``run_cfg.<stage>.lambda_...``), less those whose losses all have weight 0 throughout. A group
+    of :data:`GROUP_WEIGHTS` (``eval``) gives its weights as listed.
 
     Example:
         >>> from types import SimpleNamespace as NS
         >>> stage_weight_keys("geometry_init", NS(geometry_init=NS(lambda_sds=0.1, lambda_sds_3d=0.0)))
         ['sd15', 'prior_2d']
     """
+    if stage in GROUP_WEIGHTS:
+        return list(GROUP_WEIGHTS[stage])
     if stage not in STAGE_WEIGHTS:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(GROUPS)}")
     gates = LOSS_GATES.get(stage, {}) if run_cfg is not None else {}
     stage_cfg = getattr(run_cfg, stage, None)
     return [k for k in STAGE_WEIGHTS[stage]
@@ -247,7 +261,7 @@ def required_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES,
 
     Args:
         cfg: the run's ``cfg.priors``.
-        stages: stage names from :data:`STAGES` (default: all of them).
+        stages: stage names from :data:`STAGES` (default: all of them) or groups of :data:`GROUP_WEIGHTS`.
         run_cfg: the whole run config; when given, a weight used only by losses whose weights are 0
             throughout (``--set geometry_init.lambda_sds_3d=0``) is not needed (see :data:`LOSS_GATES`).
     """

@@ -1,4 +1,4 @@
-"""The ``geneman`` command: run, resume, status, export, batch.
+"""The ``geneman`` command: run, resume, status, export, batch, weights, profile, bench, eval.
 
 Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
 75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.cli import tools as cli_tools
 from pipeline.cli.args import apply_trust, cli_sets, common, config_args, trust_args
-from pipeline.errors import GenemanError
+from pipeline.errors import ConfigError, GenemanError
 from pipeline.logs import setup_logging
 
 log = logging.getLogger("geneman")
@@ -69,7 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write only this (repeat for more): glb, obj, turntable or preview "
                          "(default: the run's export.formats; other files in final/ are left as they are)")
     common(ex)
+    _eval_parser(sub)
     return parser
+
+
+def _eval_parser(sub) -> None:
+    """The ``eval`` sub-command (logic in pipeline/run/evaluate.py)."""
+    ev = sub.add_parser("eval", help="the paper's protocol on a finished run: PSNR, LPIPS, CLIP similarity "
+                                     "-> OUT/eval.json")
+    ev.add_argument("out", type=Path, help="run folder (its last stage done)")
+    ev.add_argument("--photo", type=Path, required=True, help="the input photo (the run's own: its preprocessed "
+                    "copy in OUT/00_preprocess is the reference; another photo is preprocessed the run's way)")
+    ev.add_argument("--resolution", type=int, default=512, metavar="N",
+                    help="render side in pixels (default: %(default)s)")
+    ev.add_argument("--no-clip", action="store_true", help="skip the CLIP similarity (no CLIP weights needed)")
+    ev.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value for this evaluation, e.g. --set priors.clip_eval=ID")
+    ev.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's device)")
+    ev.add_argument("--weights", metavar="DIR", help="folder of pretrained weights (the run folder's are not used)")
+    common(ev)
 
 
 def _batch_parser(sub) -> None:
@@ -164,8 +182,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from pipeline.run import session
+    from pipeline.run.evaluate import EVAL_FILE, EvalOptions, evaluate_run
+
+    session.RunStore(args.out).load()
+    if args.resolution < 16 or args.resolution > 4096:
+        raise ConfigError(f"--resolution {args.resolution} is out of range; give 16 to 4096 pixels")
+    cfg = session.load_run_config(args.out, cli_sets(args))
+    report = evaluate_run(args.out, args.photo, cfg, EvalOptions(args.resolution, not args.no_clip, quiet=args.quiet))
+    shown = {k: report[k] for k in ("psnr_ref", "lpips_ref", "clip_similarity")}
+    print(" ".join(f"{k}={'null' if v is None else f'{v:.4f}'}" for k, v in shown.items()))
+    print(f"wrote {args.out / EVAL_FILE}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch,
-            "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile, "bench": cmd_bench}
+            "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile, "bench": cmd_bench,
+            "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

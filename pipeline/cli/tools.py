@@ -15,7 +15,8 @@ def add_parsers(sub) -> None:
     w = sub.add_parser("weights", help="list (check) or download (pull) the pretrained weights a preset needs")
     w.add_argument("action", choices=("check", "pull"))
     w.add_argument("--stage", dest="stages", action="append",
-                   help="only the weights of this stage (repeatable; default: every stage)")
+                   help="only the weights of this stage, or of `eval` (geneman eval's CLIP and LPIPS) "
+                        "(repeatable; default: every stage and eval)")
     config_args(w, "release")
     common(w)
     p = sub.add_parser("profile", help="count FLOPs per stage and network for one avatar (no weights needed)")
@@ -30,14 +31,18 @@ def _config(args):
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    """Print the weight report (check; exit 2 when something needed is missing) or download (pull)."""
+    """Print the weight report (check; exit 2 when something needed is missing) or download (pull).
+
+    Without ``--stage`` it covers every stage and the ``eval`` group (:data:`priors.weights.GROUPS`).
+    """
     from pipeline.run.runner import DEFAULT_STAGES, check_stage_name
     from priors import weights
 
     cfg = _config(args)
-    stages = args.stages or list(weights.STAGES)
+    stages = args.stages or list(weights.GROUPS)
     for name in stages:
-        check_stage_name(name, DEFAULT_STAGES)
+        if name not in weights.GROUP_WEIGHTS:
+            check_stage_name(name, DEFAULT_STAGES)
     if args.action == "pull":
         for line in weights.pull(cfg.priors, stages, cfg):
             print(line)

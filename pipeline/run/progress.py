@@ -60,10 +60,12 @@ class Progress:
         every_s: seconds between plain lines (non-terminal output).
         quiet: report nothing.
         tty: draw a bar; default: whether stderr is a terminal.
+        unit: what is counted (``step``; ``geneman eval`` counts ``view``).
     """
 
-    def __init__(self, name: str, total: int, every_s: float = 10.0, quiet: bool = False, tty: bool | None = None):
-        self.name, self.total, self.every_s, self.quiet = name, total, every_s, quiet
+    def __init__(self, name: str, total: int, every_s: float = 10.0, quiet: bool = False, tty: bool | None = None,
+                 unit: str = "step"):
+        self.name, self.total, self.every_s, self.quiet, self.unit = name, total, every_s, quiet, unit
         self.tty = sys.stderr.isatty() if tty is None else tty
         self._bar = None
         self._t0 = self._last = time.monotonic()
@@ -76,9 +78,9 @@ class Progress:
         if self.quiet:
             return
         if self.tty:
-            self._bar = tqdm(total=self.total, initial=step, desc=self.name, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, initial=step, desc=self.name, unit=self.unit, dynamic_ncols=True)
         else:
-            log.info("%s: start at step %d/%d", self.name, step, self.total)
+            log.info("%s: start at %s %d/%d", self.name, self.unit, step, self.total)
 
     def eta(self, step: int) -> float:
         """Seconds left at the pace since :meth:`start`."""
@@ -93,6 +95,7 @@ class Progress:
         Loss tensors are read (turned into numbers) only when this step shows them: a plain line
         every ``every_s`` seconds, the bar's text every :data:`BAR_LOSSES_EVERY_S`, and the last
         step always; on other steps they are not touched. Plain numbers reach the bar every step.
+        No losses (``{}``): the count alone.
         """
         if self.quiet:
             return
@@ -102,12 +105,13 @@ class Progress:
             self._last = t
         if self._bar is not None:
             self._bar.n = step
-            if due or not any(isinstance(v, torch.Tensor) for v in losses.values()):  # plain numbers: free
+            if losses and (due or not any(isinstance(v, torch.Tensor) for v in losses.values())):  # numbers: free
                 self._bar.set_postfix_str(format_losses(loss_numbers(losses)), refresh=False)
             self._bar.refresh()
         elif due:
-            log.info("%s step %d/%d (%.1f%%) eta %s %s", self.name, step, self.total, 100.0 * step / self.total,
-                     format_eta(self.eta(step)), format_losses(loss_numbers(losses)))
+            text = f" {format_losses(loss_numbers(losses))}" if losses else ""
+            log.info("%s %s %d/%d (%.1f%%) eta %s%s", self.name, self.unit, step, self.total, 100.0 * step / self.total,
+                     format_eta(self.eta(step)), text)
 
     def close(self) -> None:
         """Finish the bar."""

@@ -32,8 +32,10 @@ from stages.inputs import Inputs
 
 log = logging.getLogger("geneman")
 
-#: Fields of ``cfg.priors`` that change memory or location but not results: not hashed.
-UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload", "trust_weights", "trust_prior_3d_pickle")
+#: Fields of ``cfg.priors`` that change memory or location but not results, or that no stage reads
+#: (``clip_eval``: ``geneman eval`` only): not hashed.
+UNHASHED_PRIOR_FIELDS = ("weights_dir", "attention_slicing", "cpu_offload", "trust_weights", "trust_prior_3d_pickle",
+                         "clip_eval")
 DEFAULT_PROMPT = "a photo of a person"
 FINAL = "final"
 

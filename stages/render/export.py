@@ -115,7 +115,7 @@ def smooth_normals(verts: Tensor, faces: Tensor) -> np.ndarray:
     return acc[inverse].double().numpy()
 
 
-def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> trimesh.Trimesh:
+def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor, rotate: bool = True) -> trimesh.Trimesh:
     """A trimesh in the glTF frame with a PBR material: baseColor texture, baseColorFactor 1 (not
     trimesh's SimpleMaterial, whose glTF form has baseColorFactor 0.4), metallic 0, roughness 1, and
     smooth vertex normals.
@@ -125,6 +125,8 @@ def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> tr
         faces: [F, 3] triangles.
         uvs: [V, 2] per-vertex texture coordinates (``v`` up).
         texture: [H, W, 3] or [H, W, 4] colours in [0, 1], row 0 at ``v = 1``.
+        rotate: rotate ``verts`` from the scene frame into glTF's; False: they are in the frame wanted
+            already (e.g. a subject's own, :meth:`evaluation.framing.Framing.to_subject`).
 
     Example:
         >>> tri = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]])
@@ -136,9 +138,9 @@ def to_trimesh(verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor) -> tr
         name="avatar", baseColorTexture=texture_image(texture), baseColorFactor=[1.0, 1.0, 1.0, 1.0],
         metallicFactor=0.0, roughnessFactor=1.0)
     visual = trimesh.visual.TextureVisuals(uv=uvs.detach().cpu().numpy(), material=material)
-    mesh = trimesh.Trimesh(to_gltf_frame(verts.detach().cpu().numpy()), faces.cpu().numpy(), visual=visual,
-                           process=False)
-    mesh.vertex_normals = to_gltf_frame(smooth_normals(verts, faces))
+    frame = to_gltf_frame if rotate else np.asarray
+    mesh = trimesh.Trimesh(frame(verts.detach().cpu().numpy()), faces.cpu().numpy(), visual=visual, process=False)
+    mesh.vertex_normals = frame(smooth_normals(verts, faces))
     return mesh
 
 

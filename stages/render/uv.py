@@ -36,6 +36,7 @@ class UVMesh:
         uvs: (V', 2) texture coordinates in [0, 1].
         vmapping: (V',) index of each vertex in the original mesh.
         method: ``xatlas`` or ``fallback``.
+        note: why the fallback was used after xatlas was tried (crash, timeout, error); empty otherwise.
     """
 
     verts: Tensor
@@ -43,6 +44,7 @@ class UVMesh:
     uvs: Tensor
     vmapping: Tensor
     method: str
+    note: str = ""
 
 
 def unwrap_uv(verts: Tensor, faces: Tensor, timeout: float = 120.0, use_xatlas: bool = True) -> UVMesh:
@@ -55,18 +57,22 @@ def unwrap_uv(verts: Tensor, faces: Tensor, timeout: float = 120.0, use_xatlas: 
         timeout: seconds xatlas may take.
         use_xatlas: False skips straight to the fallback.
     """
-    if use_xatlas:
-        result = _xatlas_subprocess(verts.detach().float().cpu().numpy(), faces.cpu().numpy(), timeout)
-        if result is not None:
-            vmap, new_faces, uvs = result
-            vmap_t = torch.from_numpy(vmap).to(faces.device)
-            return UVMesh(verts[vmap_t], torch.from_numpy(new_faces).to(faces.device),
-                          torch.from_numpy(uvs).float().to(verts.device), vmap_t, "xatlas")
-    return fallback_uv(verts, faces)
+    if not use_xatlas:
+        return fallback_uv(verts, faces)
+    result, why = _xatlas_subprocess(verts.detach().float().cpu().numpy(), faces.cpu().numpy(), timeout)
+    if result is None:
+        out = fallback_uv(verts, faces)
+        out.note = why
+        return out
+    vmap, new_faces, uvs = result
+    vmap_t = torch.from_numpy(vmap).to(faces.device)
+    return UVMesh(verts[vmap_t], torch.from_numpy(new_faces).to(faces.device),
+                  torch.from_numpy(uvs).float().to(verts.device), vmap_t, "xatlas")
 
 
 def _xatlas_subprocess(verts: np.ndarray, faces: np.ndarray, timeout: float):
-    """(vmapping, faces, uvs) from xatlas in a child process, or None on crash / timeout / error."""
+    """``((vmapping, faces, uvs), "")`` from xatlas in a child process, or ``(None, why)`` on a crash, a
+    timeout or an error."""
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, verts=verts.astype(np.float32), faces=faces.astype(np.uint32))
@@ -74,11 +80,14 @@ def _xatlas_subprocess(verts: np.ndarray, faces: np.ndarray, timeout: float):
             proc = subprocess.run([sys.executable, "-c", _XATLAS_SCRIPT, src, dst], timeout=timeout,
                                   capture_output=True)
         except subprocess.TimeoutExpired:
-            return None
+            return None, f"xatlas timed out after {timeout:g} s"
+        if proc.returncode < 0:
+            return None, f"xatlas crashed (signal {-proc.returncode})"
         if proc.returncode != 0 or not os.path.exists(dst):
-            return None
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            return None, f"xatlas failed (exit {proc.returncode}: {tail[0][:200]})"
         out = np.load(dst)
-        return out["vmapping"], out["faces"], out["uvs"]
+        return (out["vmapping"], out["faces"], out["uvs"]), ""
 
 
 def fallback_uv(verts: Tensor, faces: Tensor, gutter: float = 0.2) -> UVMesh:

@@ -28,7 +28,8 @@ def tiny_run_args(weights: Path, prior_3d: str) -> list[str]:
     (texture_coarse) in about a minute on a CPU: every size tiny, few steps, no Sapiens."""
     sets = ([f"{stage}.{s}" for stage, items in TINY.items() for s in items]
             + ["preprocess.canvas=64", "preprocess.depth_normal=false", "geometry_init.steps=4",
-               "geometry_sculpt.steps=2", f"priors.prior_3d_diffusers={prior_3d}"])
+               "geometry_sculpt.steps=2", f"priors.prior_3d_diffusers={prior_3d}",
+               "export.turntable_resolution=32", "export.preview_resolution=32"])
     return ["--preset", "cpu", "--weights", str(weights), "--quiet", *[a for s in sets for a in ("--set", s)]]
 
 

@@ -63,7 +63,7 @@ def test_weights_check_command(tmp_path, tiny_weights, capsys):
     folder, prior_3d = tiny_weights
     assert main(["weights", "check", "--weights", str(folder), "--set", f"priors.prior_3d_diffusers={prior_3d}"]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().endswith("10/10 weights found")
+    assert out.rstrip().endswith("11/11 weights found")  # the stages' ten and eval's CLIP
     assert main(["weights", "check", "--weights", str(tmp_path), "--stage", "geometry_sculpt"]) == 2
     out = capsys.readouterr().out
     assert "normal_adapted" in out and "MISSING" in out and "prior_3d" not in out
@@ -71,7 +71,12 @@ def test_weights_check_command(tmp_path, tiny_weights, capsys):
     off = ["--set", "geometry_init.lambda_sds_3d=0", "--set", "texture_coarse.lambda_sds_3d=0"]
     assert main(["weights", "check", "--weights", str(tmp_path), *off]) == 2
     out = capsys.readouterr().out
-    assert "prior_2d" in out and "prior_3d" not in out and "\n0/9 weights found;" in out
+    assert "prior_2d" in out and "prior_3d" not in out and "\n0/10 weights found;" in out
+    assert main(["weights", "check", "--weights", str(tmp_path), "--stage", "eval"]) == 2
+    out = capsys.readouterr().out
+    assert [line.split()[:2] for line in out.splitlines()[1:] if not line.startswith(" ")][:2] == [
+        ["clip", "MISSING"], ["lpips", "MISSING"]]
+    assert str(tmp_path / "openai" / "clip-vit-large-patch14") in out and "missing file: model.safetensors" in out
 
 
 def test_profile_command(capsys):

@@ -172,13 +172,17 @@ def _run(normal_lpips, lpips):
 def test_weights_check_leaves_lpips_out_when_its_losses_weigh_zero(tmp_path):
     cfg, stages = Config(weights_dir=str(tmp_path)), ["geometry_sculpt", "texture_refine"]
     assert [s.key for s in required_weights(cfg, ["geometry_sculpt"])] == ["normal_adapted", "depth_adapted", "lpips"]
-    assert "lpips" in [s.key for s in required_weights(cfg, ["texture_refine"])]
+    assert "lpips" not in [s.key for s in required_weights(cfg, ["texture_refine"])]  # optional there
     report = format_report(check(cfg, stages, _run(0.0, (0.0, 0.0))))
     assert "lpips" not in report and report.splitlines()[-1].startswith("0/5 weights found")
-    for run in (_run(100.0, (0.0, 0.0)), _run(0.0, (0.0, 100.0))):  # either loss, or a ramp up, needs it
-        rows = check(cfg, stages, run)
-        lpips_rows = [r for r in rows if r.spec.key == "lpips"]
-        assert len(lpips_rows) == 1 and not lpips_rows[0].found
+    rows = check(cfg, stages, _run(100.0, (0.0, 0.0)))
+    lpips_rows = [r for r in rows if r.spec.key == "lpips"]
+    assert len(lpips_rows) == 1 and not lpips_rows[0].found
+    ramp_up = NS(geometry_sculpt=NS(lambda_sds_normal=1.0, lambda_sds_depth=1.0,
+                                    lambda_normal_lpips=NS(start=0.0, end=100.0)))
+    assert "lpips" in [s.key for s in required_weights(cfg, ["geometry_sculpt"], ramp_up)]  # a ramp up needs it
+    # stage 4 weighting LPIPS does not make it required: the stage runs without it (said once)
+    assert "lpips" not in [r.spec.key for r in check(cfg, stages, _run(0.0, (0.0, 100.0)))]
     assert "lpips" not in [s.key for s in required_weights(cfg, ["texture_refine"], _run(100.0, (0.0, 0.0)))]
 
 

@@ -34,8 +34,11 @@ def test_required_weights_per_stage():
     keys = [s.key for s in required_weights(cfg, ["geometry_init", "texture_coarse"])]
     assert keys == ["sd15", "prior_2d", "prior_3d"]
     assert [s.key for s in required_weights(cfg, ["texture_refine"])] == ["normal_aligned", "prior_2d",
-                                                                         "controlnet_normal", "lpips"]
+                                                                         "controlnet_normal"]
     assert len(required_weights(cfg)) == 10
+    assert "clip" not in [s.key for s in required_weights(cfg)]  # a run never needs eval's CLIP
+    assert [s.key for s in required_weights(cfg, ["eval"])] == ["clip", "lpips"]
+    assert required_weights(cfg, ["eval"])[0].repo_id == "openai/clip-vit-large-patch14"
     with pytest.raises(ValueError, match="unknown stage"):
         required_weights(cfg, ["stage_5"])
 
@@ -54,7 +57,9 @@ def test_weights_of_losses_weighted_zero_throughout_are_not_needed():
     assert keys(["geometry_sculpt.lambda_sds_depth=0"], ("geometry_sculpt",)) == ["normal_adapted", "lpips"]
     no_lpips = ["geometry_sculpt.lambda_normal_lpips=0", "texture_refine.lambda_lpips=0"]
     assert "lpips" not in keys(no_lpips, ("geometry_sculpt", "texture_refine"))
-    assert "lpips" in keys(no_lpips[:1], ("geometry_sculpt", "texture_refine"))  # stage 4 still uses it
+    # stage 4 uses LPIPS when it is there and runs without it: its weight alone does not require it
+    assert "lpips" not in keys(no_lpips[:1], ("geometry_sculpt", "texture_refine"))
+    assert "lpips" in keys(no_lpips[1:], ("geometry_sculpt", "texture_refine"))
     # a schedule that is 0 at first but not later still needs its weights
     ramp = "geometry_init.lambda_sds_3d={start: 0, end: 0.3, begin: 100, until: 200}"
     assert keys([ramp], ("geometry_init",)) == ["sd15", "prior_2d", "prior_3d"]

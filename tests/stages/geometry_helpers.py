@@ -1,4 +1,4 @@
-"""Shared by the geometry-stage tests: tiny sizes for any preset, inputs of a generated subject, and a
+"""Shared by the stage tests: tiny sizes for any preset, inputs of a generated subject, and a
 checkpointer that records the loss dicts."""
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ TINY = {
                       "preview_every=0", "mesh_level=1.0"],
     "geometry_sculpt": ["resolution=32", "tet_grid=32", "grid.log2_hashmap_size=12", "sdf_points=500",
                         "init_steps=20", "init_points=2000", "encode_resolution=0", "preview_every=0"],
+    "texture_coarse": ["resolution=32", "grid.log2_hashmap_size=12", "encode_resolution=0", "preview_every=0"],
+    "texture_refine": ["resolution=32", "texture_size=32", "n_views=4", "encode_resolution=0", "preview_every=0",
+                       "erode_px=1", "xatlas_timeout=60"],
 }
 
 

@@ -26,7 +26,7 @@ def _no_overlap(uvs, faces, size=128):
 def test_xatlas_unwrap_in_subprocess():
     verts, faces = icosphere(2, 0.5)
     m = U.unwrap_uv(verts, faces, timeout=60)
-    assert m.method == "xatlas"
+    assert m.method == "xatlas" and m.note == ""
     assert m.uvs.min() >= 0 and m.uvs.max() <= 1
     torch.testing.assert_close(m.verts, verts[m.vmapping])
     assert m.faces.shape == faces.shape
@@ -35,10 +35,11 @@ def test_xatlas_unwrap_in_subprocess():
 
 def test_timeout_and_crash_fall_back(monkeypatch):
     verts, faces = icosphere(2, 0.5)
-    assert U.unwrap_uv(verts, faces, timeout=1e-3).method == "fallback"
+    timed_out = U.unwrap_uv(verts, faces, timeout=1e-3)
+    assert timed_out.method == "fallback" and "timed out" in timed_out.note
     monkeypatch.setattr(U, "_XATLAS_SCRIPT", "import os; os.abort()")  # a segfault-like death
     m = U.unwrap_uv(verts, faces)
-    assert m.method == "fallback"
+    assert m.method == "fallback" and "crashed (signal 6)" in m.note
     assert _no_overlap(m.uvs, m.faces)
     torch.testing.assert_close(m.verts, verts[faces.reshape(-1)])
 
