@@ -107,3 +107,10 @@ def test_the_gltf_validator_catches_a_broken_glb(tmp_path, split_sphere, validat
     broken.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     issues = gltf_validator.validate(validator, broken)
     assert issues["numErrors"] > 0, _messages(issues)
+
+
+def test_to_trimesh_keeps_positions_already_in_the_wanted_frame(split_sphere):
+    verts, faces, uvs, texture = split_sphere
+    kept, rotated = E.to_trimesh(verts, faces, uvs, texture, rotate=False), E.to_trimesh(verts, faces, uvs, texture)
+    np.testing.assert_array_equal(kept.vertices, verts.double().numpy())
+    np.testing.assert_array_equal(rotated.vertices, E.to_gltf_frame(verts.numpy()))
