@@ -45,7 +45,8 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
     sets = [f"{stage}.{s}" for stage, items in TINY.items() for s in items] + [
-        "preprocess.canvas=64", "preprocess.landmarks=false", "geometry_init.steps=6", "geometry_sculpt.steps=4"]
+        "preprocess.canvas=64", "preprocess.landmarks=false", "geometry_init.steps=6", "geometry_sculpt.steps=4",
+        "export.turntable_resolution=32", "export.preview_resolution=32"]
     r = bench("--subject", "thin_limbs", "-o", str(tmp_path / "b"), "--quiet", *[a for s in sets for a in ("--set", s)])
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
