@@ -24,6 +24,7 @@ setup(
         "scikit-image>=0.22",
         "scipy>=1.10",
         "xatlas>=0.0.9",
+        "imageio-ffmpeg>=0.5",
         "diffusers>=0.30",
         "transformers>=4.40",
         "huggingface_hub>=0.23",

@@ -125,6 +125,10 @@ def load_mesh(path: str | Path) -> SubjectMesh:
         raise _fail(path, "no such file")
     try:
         loaded = trimesh.load(path, process=False, maintain_order=True)
+        if path.suffix.lower() == ".obj" and getattr(getattr(loaded, "visual", None), "uv", None) is not None:
+            # maintain_order keeps one UV per `v` line; an OBJ whose `vt` are indexed apart from its `v`
+            # (welded positions, UV seams) loads right only split by (v, vt)
+            loaded = trimesh.load(path, process=False)
     except Exception as err:  # trimesh raises many kinds on a damaged file
         raise _fail(path, f"cannot read the mesh ({type(err).__name__}: {err})") from err
     mesh = _single_mesh(loaded, path)

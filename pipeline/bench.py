@@ -150,7 +150,8 @@ def recon_glb(run: Path, spec: StageSpec, framing: Framing, out: Path) -> Path:
     if isinstance(result, TexturedMesh):
         verts, faces, uvs = result.split()
         verts = torch.as_tensor(framing.to_subject(verts.double().numpy()), dtype=torch.float32)
-        atomic_write_bytes(path, to_trimesh(verts, faces, uvs, result.texture).export(file_type="glb"))
+        mesh = to_trimesh(verts, faces, uvs, result.texture, rotate=False)  # to_subject gave glTF axes
+        atomic_write_bytes(path, mesh.export(file_type="glb"))
         return path
     mesh = result.to_trimesh()
     mesh.vertices = framing.to_subject(np.asarray(mesh.vertices, dtype=np.float64))

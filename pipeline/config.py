@@ -24,6 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.run import preprocess
 from priors import config as priors_config
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
+from stages.final import FORMATS, ExportConfig, check_formats
 from stages.schedule import Ramp
 
 PRESETS = ("paper", "release", "cpu")
@@ -46,14 +47,6 @@ class CheckpointConfig:
     """Write a checkpoint every this many steps (and always on SIGTERM / SIGINT / SIGUSR1)."""
     keep_last: int = 3
     """Keep this many newest checkpoints per stage."""
-
-
-@dataclass
-class ExportConfig:
-    """What the final folder holds."""
-
-    formats: list[str] = field(default_factory=lambda: ["glb", "obj"])
-    """Mesh formats written to ``final/``: ``glb`` (embedded texture) and/or ``obj`` (+ mtl, png)."""
 
 
 @dataclass
@@ -86,7 +79,7 @@ class RunConfig:
     texture_refine: texture_refine.Config = field(default_factory=texture_refine.Config)
     """Stage 4: pixel-space texture refinement."""
     export: ExportConfig = field(default_factory=ExportConfig)
-    """Final export."""
+    """Final export (:class:`stages.final.ExportConfig`)."""
 
 
 def preset_path(name: str) -> Path:
@@ -318,7 +311,7 @@ def check_sane_numbers(cfg: RunConfig) -> None:
     if cfg.progress_every_s <= 0:
         raise ConfigError(f"progress_every_s={cfg.progress_every_s} must be positive")
     if not cfg.export.formats:
-        raise ConfigError("export.formats is empty; give glb and/or obj")
+        raise ConfigError(f"export.formats is empty; give one or more of {', '.join(FORMATS)}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -335,9 +328,13 @@ def validate(cfg: RunConfig) -> None:
                           f"geometry_init.resolution_milestones ({len(gi.resolution_milestones)})")
     if cfg.checkpoint.every_n_steps < 1 or cfg.checkpoint.keep_last < 1:
         raise ConfigError("checkpoint.every_n_steps and checkpoint.keep_last must be at least 1")
-    bad = [f for f in cfg.export.formats if f not in ("glb", "obj")]
-    if bad:
-        raise ConfigError(f"export.formats: unknown format {bad[0]!r}; use glb and/or obj")
+    try:
+        check_formats(cfg.export.formats)
+    except ValueError as e:
+        raise ConfigError(f"export.formats: {e}") from None
+    if cfg.export.turntable_resolution % 2:
+        raise ConfigError(f"export.turntable_resolution={cfg.export.turntable_resolution} must be even "
+                          "(H.264 video in yuv420p needs even frame sizes)")
 
 
 def to_dict(obj: Any) -> Any:

@@ -11,6 +11,12 @@ import trimesh
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from stages.final import ExportConfig, check_formats, write_views
+from stages.render.antialias import Topology, build_topology
+from stages.render.cameras import Cameras
+from stages.render.export import atomic_path, to_gltf_frame
+from stages.render.texture_render import render_albedo, vertex_shade
+
 
 @dataclass
 class MeshResult:
@@ -41,20 +47,44 @@ class MeshResult:
         args = json.loads((folder / "meta.json").read_text())["args"]
         return cls(mesh["verts"], mesh["faces"], mesh.get("colors"), state, args)
 
+    def albedo(self) -> Tensor:
+        """``[V, 3]`` vertex colours, grey (0.7) where the stage made none."""
+        return self.colors if self.colors is not None else torch.full_like(self.verts, 0.7)
+
     def to_trimesh(self) -> trimesh.Trimesh:
-        """The mesh as a trimesh, vertex colours (grey without albedo) included."""
-        colors = self.colors if self.colors is not None else torch.full_like(self.verts, 0.7)
-        rgba = np.concatenate([(colors.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8),
-                               np.full((len(colors), 1), 255, np.uint8)], axis=1)
+        """The mesh as a trimesh (scene frame), vertex colours (grey without albedo) included."""
+        rgba = np.concatenate([(self.albedo().detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8),
+                               np.full((len(self.verts), 1), 255, np.uint8)], axis=1)
         return trimesh.Trimesh(self.verts.detach().cpu().numpy(), self.faces.cpu().numpy(), vertex_colors=rgba,
                                process=False)
 
-    def export(self, folder: Path, formats: list[str]) -> list[Path]:
-        """The mesh as ``mesh.glb`` / ``mesh.obj`` (vertex colours; no UV texture before the texture stages)."""
+    def render(self, cameras: Cameras, height: int, width: int, topology: Topology | None = None) -> dict[str, Tensor]:
+        """Unlit vertex colours ``rgb`` [B, H, W, 3] over white and ``mask`` [B, H, W, 1] from ``cameras``;
+        ``topology``: :func:`build_topology` of the faces when rendering many times (built here otherwise)."""
+        faces = self.faces.long()
+        topology = build_topology(faces) if topology is None else topology
+        return render_albedo(self.verts, faces, cameras.to(self.verts.device), height, width,
+                             vertex_shade(self.albedo().to(self.verts), faces), topology)
+
+    def export(self, folder: Path, formats: list[str], cfg: ExportConfig | None = None) -> list[Path]:
+        """What a geometry stage's mesh can give of ``formats`` (:data:`stages.final.FORMATS`), with vertex
+        colours instead of a texture (there is no UV atlas before the texture stages): ``mesh.glb`` and
+        ``mesh.obj`` in the glTF frame (+y up, facing +z, as :mod:`stages.render.export` writes), and the
+        ``turntable.mp4`` / ``preview.png`` renders of the vertex colours. Each file is written whole
+        or not at all."""
+        check_formats(formats)
+        cfg = ExportConfig() if cfg is None else cfg
         folder.mkdir(parents=True, exist_ok=True)
+        mesh = self.to_trimesh()
+        mesh.vertices = to_gltf_frame(np.asarray(mesh.vertices))
         paths = []
-        for fmt in formats:
-            path = folder / f"mesh.{fmt}"
-            self.to_trimesh().export(path)
-            paths.append(path)
-        return paths
+        for fmt in ("glb", "obj"):
+            if fmt in formats:
+                with atomic_path(folder / f"mesh.{fmt}") as tmp:
+                    mesh.export(tmp, file_type=fmt)
+                paths.append(folder / f"mesh.{fmt}")
+        topology = build_topology(self.faces.long()) if {"turntable", "preview"} & set(formats) else None
+
+        def render(cams: Cameras, h: int, w: int) -> dict[str, Tensor]:
+            return self.render(cams, h, w, topology)
+        return paths + write_views(folder, formats, render, cfg)

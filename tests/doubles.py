@@ -6,10 +6,11 @@ optimiser state gives different numbers than an uninterrupted run.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,14 @@ class DoubleResult:
     def load(cls, folder: Path) -> "DoubleResult":
         return cls(load_file(str(folder / "weights.safetensors"))["weights"])
 
-    def export(self, folder: Path, formats: list[str]) -> list[Path]:
+    def export(self, folder: Path, formats: list[str], cfg=None) -> list[Path]:
+        """``weights.txt``, and ``export.json``: the formats and export config it was called with."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.txt"
         path.write_text(" ".join(f"{v:.6f}" for v in self.weights.flatten().tolist()))
-        return [path]
+        call = folder / "export.json"
+        call.write_text(json.dumps({"formats": list(formats), "cfg": None if cfg is None else asdict(cfg)}))
+        return [path, call]
 
 
 class _Holder(torch.nn.Module):

@@ -22,6 +22,10 @@ from pipeline.logs import setup_logging
 
 log = logging.getLogger("geneman")
 
+EXPORT_FORMATS = ("glb", "obj", "turntable", "preview")
+"""``geneman export --format`` choices: :data:`stages.final.FORMATS`, written out so that ``--help`` does not
+import torch (a test checks that the two agree)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
@@ -56,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("-o", "--out", type=Path, required=True, help="bench folder (bench.json, recon.glb, run/)")
     config_args(be, "cpu")
     common(be)
-    ex = sub.add_parser("export", help="write the final mesh of a finished run")
+    ex = sub.add_parser("export", help="rewrite final/ of a finished run from its last stage's result",
+                        description="Rewrite final/ in the run folder from its last stage's result: avatar.glb, "
+                                    "avatar.obj (+ .mtl, texture .png), turntable.mp4, preview.png, at the sizes "
+                                    "of the run's config.yaml (export.*).")
     ex.add_argument("out", type=Path, help="run folder")
-    ex.add_argument("--format", choices=("glb", "obj"), action="append", help="glb and/or obj (default: both)")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, action="append",
+                    help="write only this (repeat for more): glb, obj, turntable or preview "
+                         "(default: the run's export.formats; other files in final/ are left as they are)")
     common(ex)
     _eval_parser(sub)
     return parser
@@ -168,7 +177,7 @@ def cmd_status(args) -> int:
 def cmd_export(args) -> int:
     from pipeline.run.export import export_run
 
-    for path in export_run(args.out, args.format or ["glb", "obj"]):
+    for path in export_run(args.out, args.format):
         print(path)
     return 0
 

@@ -1,7 +1,8 @@
-"""``geneman export``: write the final textured mesh of a finished run to ``final/``.
+"""``geneman export``: write the final files of a finished run to ``final/``.
 
-The last stage's Result knows how to write itself (``Result.export(folder, formats)``), so this
-module only checks that the run got there.
+The last stage's Result knows how to write itself (``Result.export(folder, formats, cfg)``, see
+:class:`stages.textured_mesh.TexturedMesh`), so this module only checks that the run got there and
+reads what to write from the run's own ``config.yaml`` (``export.*``).
 """
 from __future__ import annotations
 
@@ -9,17 +10,28 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.errors import InputError
-from pipeline.run.runner import DEFAULT_STAGES, StageSpec
+from pipeline.run.runner import DEFAULT_STAGES, FINAL, StageSpec
+from pipeline.run.session import load_run_config
 from pipeline.run.store import RunStore
 
-FINAL = "final"
 
-
-def export_run(root: Path, formats: Sequence[str], stages: Sequence[StageSpec] = DEFAULT_STAGES) -> list[Path]:
+def export_run(root: Path, formats: Sequence[str] | None = None,
+               stages: Sequence[StageSpec] = DEFAULT_STAGES) -> list[Path]:
     """Export the last stage's result of the run in ``root`` to ``root/final``.
+
+    Args:
+        root: the run folder.
+        formats: names of :data:`stages.final.FORMATS` to write; None or empty: the run's
+            ``export.formats``. The video and preview sizes are always the run's ``export.*``. Files of
+            formats not written are left as they are.
+        stages: the run's stages (the last one's Result is exported).
+
+    Returns:
+        The paths written.
 
     Raises:
         InputError: the run has not finished its last stage.
+        ConfigError: the run's config.yaml does not load.
     """
     store = RunStore(root)
     m = store.load()
@@ -30,5 +42,6 @@ def export_run(root: Path, formats: Sequence[str], stages: Sequence[StageSpec] =
         state = rec.state if rec else "not started"
         raise InputError(f"{root} has no finished {last.name} result (state: {state}); "
                          f"finish the run first (`geneman resume {root}`, see `geneman status {root}`)")
+    cfg = load_run_config(root).export
     result = last.module.Result.load(result_dir)
-    return result.export(store.folder(FINAL), list(formats))
+    return result.export(store.folder(FINAL), list(formats or cfg.formats), cfg)

@@ -135,7 +135,7 @@ class Runner:
     def _export(self, result: Any) -> None:
         """Write the last Result to ``final/``; the run is done only when this worked."""
         try:
-            for path in result.export(self.store.folder(FINAL), list(self.cfg.export.formats)):
+            for path in result.export(self.store.folder(FINAL), list(self.cfg.export.formats), self.cfg.export):
                 log.info("wrote %s", path)
         except Exception as e:  # noqa: BLE001 - recorded, then reported as one line
             error = f"export: {type(e).__name__}: {e}".splitlines()[0]

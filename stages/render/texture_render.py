@@ -73,3 +73,20 @@ def texture_shade(texture: Tensor, uvs: Tensor, uv_faces: Tensor) -> Shade:
         uv = interpolate(uvs, rast, uv_faces).reshape(-1, 2).index_select(0, pixels)
         return sample_texture(texture, uv)
     return shade
+
+
+def vertex_shade(colors: Tensor, faces: Tensor) -> Shade:
+    """Colour each covered pixel by the interpolated per-vertex ``colors`` [V, 3] of ``faces`` [F, 3]
+    (the geometry stages' meshes).
+
+    Example:
+        >>> from stages.render.cameras import reference_camera
+        >>> verts = torch.tensor([[0.0, -0.3, -0.3], [0.0, 0.3, -0.3], [0.0, 0.0, 0.3]])  # facing +x
+        >>> faces, grey = torch.tensor([[0, 1, 2]]), torch.full((3, 3), 0.25)
+        >>> out = render_albedo(verts, faces, reference_camera(), 8, 8, vertex_shade(grey, faces))
+        >>> out["rgb"][0, 4, 4].tolist(), out["rgb"][0, 0, 0].tolist()  # on the triangle; background
+        ([0.25, 0.25, 0.25], [1.0, 1.0, 1.0])
+    """
+    def shade(rast: Tensor, pixels: Tensor) -> Tensor:
+        return interpolate(colors, rast, faces).reshape(-1, colors.shape[-1]).index_select(0, pixels)
+    return shade

@@ -8,6 +8,7 @@ from PIL import Image
 from evaluation.meshes import load_mesh
 from evaluation.subjects import write_subject
 from stages.render.export import export_obj
+from stages.render.uv import fallback_uv
 
 
 @pytest.mark.parametrize("suffix", ["glb", "obj", "ply"])
@@ -49,6 +50,15 @@ def test_uv_texture_is_kept(tmp_path, kind):
     assert loaded.albedo_kind == "texture" and loaded.texture.shape == (4, 4, 3)
     np.testing.assert_allclose(loaded.texture, texture.numpy(), atol=1 / 255)
     assert loaded.uvs.shape == (len(loaded.vertices), 2)
+
+
+def test_obj_with_welded_positions_keeps_each_corners_uv(tmp_path):
+    """export_obj writes each position once and the UVs apart (f v/vt): the seams' corners keep their own UVs."""
+    sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.5)
+    verts, faces = torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces)
+    split = fallback_uv(verts, faces)  # every face its own UVs: every vertex is on a seam
+    loaded = load_mesh(export_obj(tmp_path / "a.obj", split.verts, split.faces, split.uvs, torch.rand(8, 8, 3)))
+    np.testing.assert_allclose(loaded.uvs[loaded.faces], split.uvs[split.faces].numpy(), atol=1e-6)
 
 
 def test_gltf_base_colour_factor_multiplies_the_texture(tmp_path):

@@ -178,7 +178,7 @@ def test_export_failure_is_not_done_and_resume_exports_again(tmp_path, photo, mo
     out = tmp_path / "out"
     real_export = DoubleResult.export
 
-    def broken(self, folder, formats):
+    def broken(self, folder, formats, cfg=None):
         raise OSError("disk full")
 
     monkeypatch.setattr(DoubleResult, "export", broken)

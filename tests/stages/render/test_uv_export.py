@@ -92,9 +92,9 @@ def test_export_reloads_with_uvs_and_texture(tmp_path, kind):
     tex = torch.rand(32, 48, 3, generator=torch.Generator().manual_seed(0))
     path = (export_glb if kind == "glb" else export_obj)(tmp_path / f"avatar.{kind}", m.verts, m.faces, m.uvs, tex)
     if kind == "obj":
-        assert (tmp_path / "material.mtl").exists() and any(tmp_path.glob("*.png"))
+        assert (tmp_path / "avatar.mtl").exists() and (tmp_path / "avatar_albedo.png").exists()
     v2, f2, uv2, t2 = load_textured(path)
-    torch.testing.assert_close(v2, m.verts)
-    torch.testing.assert_close(f2, m.faces)
-    torch.testing.assert_close(uv2, m.uvs, atol=1e-6, rtol=0)
+    # corner by corner (the OBJ holds welded positions, so its reader may number the vertices anew)
+    torch.testing.assert_close(v2[f2], m.verts[m.faces])
+    torch.testing.assert_close(uv2[f2], m.uvs[m.faces], atol=1e-6, rtol=0)
     torch.testing.assert_close(t2, tex, atol=1 / 255, rtol=0)
