@@ -5,6 +5,7 @@ Images are ``[B, H, W, C]`` (the renderers' layout); masks ``[B, H, W, 1]`` in [
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ from stages import losses as L
 from stages.inputs import Inputs, reference_maps
 from stages.loop import active
 from stages.render.antialias import Topology, build_topology
+
+log = logging.getLogger("geneman")
 
 
 @dataclass
@@ -65,7 +68,14 @@ class ReferenceRGB:
     def at(cls, inputs: Inputs, res: int, erode_px: int, device: torch.device) -> "ReferenceRGB":
         """The preprocess photo at ``res`` x ``res``, its mask eroded by ``erode_px`` pixels."""
         m = reference_maps(inputs, res, device)
-        return cls(m["rgb"], erode(m["mask"], erode_px))
+        for px in range(erode_px, -1, -1):  # a thin person at a small size: erode less, and say so
+            mask = erode(m["mask"], px)
+            if mask.sum() > 0:
+                break
+        if px != erode_px:
+            log.warning("texture stages: eroding the photo's mask by %d px at %d px leaves nothing; eroded by %d px",
+                        erode_px, res, px)
+        return cls(m["rgb"], mask)
 
 
 def reference_rgb_losses(rgb: Tensor, ref: ReferenceRGB, w: dict[str, float]) -> dict[str, Tensor]:

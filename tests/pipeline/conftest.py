@@ -24,11 +24,12 @@ def write_person(path: Path, shade: int = 200) -> Path:
 
 
 def tiny_run_args(weights: Path, prior_3d: str) -> list[str]:
-    """``geneman run`` flags for a real run on tiny weights that reaches the first stage not built
-    (texture_coarse) in about a minute on a CPU: every size tiny, few steps, no Sapiens."""
+    """``geneman run`` flags for a real run on tiny weights from photo to ``final/`` in about a minute on
+    a CPU: every size tiny, few steps, no Sapiens."""
     sets = ([f"{stage}.{s}" for stage, items in TINY.items() for s in items]
             + ["preprocess.canvas=64", "preprocess.depth_normal=false", "geometry_init.steps=4",
-               "geometry_sculpt.steps=2", f"priors.prior_3d_diffusers={prior_3d}",
+               "geometry_sculpt.steps=2", "texture_coarse.steps=2", "texture_refine.steps=2",
+               "texture_refine.n_views=1", f"priors.prior_3d_diffusers={prior_3d}",
                "export.turntable_resolution=32", "export.preview_resolution=32"])
     return ["--preset", "cpu", "--weights", str(weights), "--quiet", *[a for s in sets for a in ("--set", s)]]
 

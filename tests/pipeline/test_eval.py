@@ -22,12 +22,6 @@ from tests.pipeline.conftest import write_person
 RES = 32
 
 
-@pytest.fixture(autouse=True)
-def stage_4_result(monkeypatch):
-    """Stage 4's Result is TexturedMesh (stages/textured_mesh.py); until texture_refine.py exports it, say so here."""
-    monkeypatch.setattr(stages.texture_refine, "Result", TexturedMesh, raising=False)
-
-
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
     """``(run folder, photo)``: `geneman run --until preprocess` on a small RGBA photo (no weights needed)."""

@@ -83,22 +83,26 @@ def test_status_of_a_non_run_is_an_error(tmp_path, capsys):
     assert "not a geneman run folder" in capsys.readouterr().err
 
 
-def test_real_cli_stops_at_the_first_stage_not_built_naming_it(tmp_path, photo, tiny_weights, capsys):
-    """The real stages on tiny weights: geometry_init and geometry_sculpt run, texture_coarse stops the run."""
+def test_real_cli_from_photo_to_final_then_status_says_done(tmp_path, photo, tiny_weights, capsys):
+    """The four real stages on tiny weights: the run ends done with the avatar in final/, and
+    `geneman export` rewrites it from the last result."""
     out = tmp_path / "out"
     code = main(["run", str(photo), "-o", str(out), *tiny_run_args(*tiny_weights)])
     err = capsys.readouterr().err
-    assert code == 3, err
-    assert "stage texture_coarse is not built yet" in err and "Traceback" not in err
+    assert code == 0, err
     m = RunStore(out).load()
-    assert m.status == "blocked"
-    assert [m.stages[s].state for s in ("preprocess", "geometry_init", "geometry_sculpt")] == ["done"] * 3
-    assert m.stages["texture_coarse"].state == "not-built"
-    assert (out / "00_preprocess" / "result" / "rgba.png").is_file()
-    assert (out / "02_geometry_sculpt" / "result").is_dir() and not (out / "03_texture_coarse" / "result").exists()
-    assert not (out / "final").exists()
-    assert main(["export", str(out)]) == 2
-    assert "no finished texture_refine result" in capsys.readouterr().err
+    assert m.status == "done"
+    assert all(m.stages[s].state == "done" for s in ("preprocess", "geometry_init", "geometry_sculpt",
+                                                      "texture_coarse", "texture_refine"))
+    assert (out / "04_texture_refine" / "result" / "textured.safetensors").is_file()
+    final = {p.name for p in (out / "final").iterdir()}
+    assert {"avatar.glb", "avatar.obj"} <= final, final
+    assert main(["status", str(out)]) == 0
+    assert "done" in capsys.readouterr().out
+    glb = (out / "final" / "avatar.glb").read_bytes()
+    (out / "final" / "avatar.glb").unlink()
+    assert main(["export", str(out)]) == 0
+    assert (out / "final" / "avatar.glb").read_bytes() == glb
 
 
 def test_progress_plain_lines_when_not_a_terminal(caplog):

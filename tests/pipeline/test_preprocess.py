@@ -334,7 +334,7 @@ def test_bad_input_leaves_an_existing_run_folder_untouched(tmp_path, capsys):
 
 def test_resume_with_set_redoes_preprocess(tmp_path, tiny_weights, capsys):
     """``run --until preprocess``, then ``resume --set preprocess.fill=0.5``: preprocess is redone with the
-    new value and the run goes on past it (real stages on tiny weights, up to texture_coarse, not built)."""
+    new value and the run goes on past it (real stages on tiny weights, to the end)."""
     import json
     good = tmp_path / "person.png"
     person_rgba().save(good)
@@ -342,7 +342,7 @@ def test_resume_with_set_redoes_preprocess(tmp_path, tiny_weights, capsys):
     assert main(["run", str(good), "-o", str(out), *tiny_run_args(*tiny_weights), "--until", "preprocess"]) == 0
     first = json.loads((out / "run.json").read_text())["stages"]["preprocess"]["hash"]
     weights = ["--weights", str(tiny_weights[0]), "--set", f"priors.prior_3d_diffusers={tiny_weights[1]}"]
-    assert main(["resume", str(out), *weights, "--quiet", "--set", "preprocess.fill=0.5"]) == 3
+    assert main(["resume", str(out), *weights, "--quiet", "--set", "preprocess.fill=0.5"]) == 0
     m = json.loads((out / "run.json").read_text())
     assert first != m["stages"]["preprocess"]["hash"] and m["stages"]["geometry_sculpt"]["state"] == "done"
     assert "fill: 0.5" in (out / "config.yaml").read_text()

@@ -20,7 +20,7 @@ TINY = {
                         "init_steps=20", "init_points=2000", "encode_resolution=0", "preview_every=0"],
     "texture_coarse": ["resolution=32", "grid.log2_hashmap_size=12", "encode_resolution=0", "preview_every=0"],
     "texture_refine": ["resolution=32", "texture_size=32", "n_views=4", "encode_resolution=0", "preview_every=0",
-                       "erode_px=1", "xatlas_timeout=60"],
+                       "erode_px=1", "xatlas_timeout=60", "ddim_stride=200"],
 }
 
 

@@ -1,5 +1,6 @@
-"""SIGKILL in the middle of stage 1 and of stage 2 (the real stages, tiny priors, the real CLI), then
-``geneman resume``: both stages' results are bitwise those of an uninterrupted run."""
+"""SIGKILL in the middle of each of the four stages (the real stages, tiny priors, the real CLI), then
+``geneman resume``: every stage's result is bitwise that of an uninterrupted run (stage 4's cached
+edits included: they are in its checkpoint)."""
 from __future__ import annotations
 
 import os
@@ -19,12 +20,17 @@ from priors import tiny
 from stages.render.cameras import reference_camera
 from tests.stages.geometry_helpers import TINY
 
-RESULTS = ("01_geometry_init", "02_geometry_sculpt")
+RESULTS = ("01_geometry_init", "02_geometry_sculpt", "03_texture_coarse", "04_texture_refine")
+FILES = {"01_geometry_init": ("mesh.safetensors", "state.safetensors"),
+         "02_geometry_sculpt": ("mesh.safetensors", "state.safetensors"),
+         "03_texture_coarse": ("mesh.safetensors", "state.safetensors"),
+         "04_texture_refine": ("textured.safetensors",)}
 PRIOR_3D = "tiny/geneman-prior3d"
 SETS = ([f"{stage}.{s}" for stage, items in TINY.items() for s in items]
         + ["preprocess.canvas=64", "preprocess.depth_normal=false", "preprocess.landmarks=false",
-           "geometry_init.steps=16", "geometry_sculpt.steps=10", "checkpoint.every_n_steps=2",
-           "checkpoint.keep_last=2"])
+           "geometry_init.steps=16", "geometry_sculpt.steps=10", "texture_coarse.steps=8",
+           "texture_refine.steps=12", "texture_refine.n_views=3", "texture_refine.edit_every=1",
+           "checkpoint.every_n_steps=2", "checkpoint.keep_last=2", "export.formats=[glb]"])
 
 
 def geneman(*args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -73,20 +79,23 @@ def setup(tmp_path_factory):
     return tmp, photo
 
 
-def test_sigkill_in_stage_1_and_stage_2_then_resume_is_bitwise(setup):
+def test_sigkill_in_every_stage_then_resume_is_bitwise(setup):
+    """Stage 4 re-edits each of its 3 views every 3 steps here (edit_every 1), so the kill at step 2 or
+    later lands between edits that the resumed run must not redo differently."""
     tmp, photo = setup
     straight = tmp / "straight"
     r = geneman(*run_args(photo, straight, tmp / "weights"))
-    assert r.returncode == 3, r.stderr  # the texture stages are not built: the run stops after stage 2
+    assert r.returncode == 0, r.stderr
     cut = tmp / "cut"
     kill_after_checkpoint(geneman(*run_args(photo, cut, tmp / "weights"), wait=False), cut / RESULTS[0] / "ckpt")
     assert not (cut / RESULTS[0] / "result").exists()
-    proc = geneman("resume", str(cut), *weight_args(tmp / "weights"), "--quiet", wait=False)
-    kill_after_checkpoint(proc, cut / RESULTS[1] / "ckpt")
-    assert (cut / RESULTS[0] / "result").is_dir() and not (cut / RESULTS[1] / "result").exists()
+    for done, killed in zip(RESULTS, RESULTS[1:]):
+        proc = geneman("resume", str(cut), *weight_args(tmp / "weights"), "--quiet", wait=False)
+        kill_after_checkpoint(proc, cut / killed / "ckpt")
+        assert (cut / done / "result").is_dir() and not (cut / killed / "result").exists()
     r = geneman("resume", str(cut), *weight_args(tmp / "weights"), "--quiet")
-    assert r.returncode == 3, r.stderr
+    assert r.returncode == 0, r.stderr
     for folder in RESULTS:
-        for name in ("mesh.safetensors", "state.safetensors"):
+        for name in FILES[folder]:
             a, b = (straight / folder / "result" / name).read_bytes(), (cut / folder / "result" / name).read_bytes()
             assert a == b, f"{folder}/{name} differs after SIGKILL and resume"
