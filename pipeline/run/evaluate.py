@@ -35,6 +35,7 @@ from evaluation import protocol
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.run import preprocess
+from pipeline.run.export import last_result_folder
 from pipeline.run.models import MissingWeights, resolve_device
 from pipeline.run.progress import Progress
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
@@ -61,24 +62,6 @@ class EvalOptions:
     """Views rendered at once."""
     quiet: bool = False
     """No progress lines."""
-
-
-def last_result_folder(store: RunStore, stages: Sequence[StageSpec]) -> tuple[StageSpec, Path]:
-    """The last stage and its ``result/`` folder, when run.json says that stage is done.
-
-    Raises:
-        InputError: the last stage has not finished (names the run folder, its state, what to do).
-    """
-    last = stages[-1]
-    rec = store.manifest.stages.get(last.name)
-    folder = store.folder(last.folder) / "result"
-    if rec is None or rec.state != "done" or not folder.is_dir():
-        state = rec.state if rec else "not started"
-        raise InputError(f"{store.root} has no finished {last.name} result (state: {state}, expected in {folder}); "
-                         f"finish the run first (`geneman resume {store.root}`, see `geneman status {store.root}`)")
-    if not hasattr(last.module, "Result"):
-        raise InputError(f"stage {last.name} has no Result to load yet, so {folder} cannot be evaluated")
-    return last, folder
 
 
 def reference_inputs(store: RunStore, photo: Path, cfg: RunConfig) -> tuple[Inputs, dict]:

@@ -15,6 +15,25 @@ from pipeline.run.session import load_run_config
 from pipeline.run.store import RunStore
 
 
+def last_result_folder(store: RunStore, stages: Sequence[StageSpec]) -> tuple[StageSpec, Path]:
+    """The last stage and its ``result/`` folder, when run.json (``store``'s loaded manifest) says that
+    stage is done (``geneman export`` and ``geneman eval`` read it).
+
+    Raises:
+        InputError: the last stage has not finished (names the run folder, its state, what to do).
+    """
+    last = stages[-1]
+    rec = store.manifest.stages.get(last.name)
+    folder = store.folder(last.folder) / "result"
+    if rec is None or rec.state != "done" or not folder.is_dir():
+        state = rec.state if rec else "not started"
+        raise InputError(f"{store.root} has no finished {last.name} result (state: {state}, expected in {folder}); "
+                         f"finish the run first (`geneman resume {store.root}`, see `geneman status {store.root}`)")
+    if not hasattr(last.module, "Result"):
+        raise InputError(f"stage {last.name} has no Result to load yet, so {folder} cannot be read")
+    return last, folder
+
+
 def export_run(root: Path, formats: Sequence[str] | None = None,
                stages: Sequence[StageSpec] = DEFAULT_STAGES) -> list[Path]:
     """Export the last stage's result of the run in ``root`` to ``root/final``.
@@ -34,14 +53,8 @@ def export_run(root: Path, formats: Sequence[str] | None = None,
         ConfigError: the run's config.yaml does not load.
     """
     store = RunStore(root)
-    m = store.load()
-    last = stages[-1]
-    rec = m.stages.get(last.name)
-    result_dir = store.folder(last.folder) / "result"
-    if rec is None or rec.state != "done" or not result_dir.is_dir():
-        state = rec.state if rec else "not started"
-        raise InputError(f"{root} has no finished {last.name} result (state: {state}); "
-                         f"finish the run first (`geneman resume {root}`, see `geneman status {root}`)")
+    store.load()
+    last, result_dir = last_result_folder(store, stages)
     cfg = load_run_config(root).export
     result = last.module.Result.load(result_dir)
     return result.export(store.folder(FINAL), list(formats or cfg.formats), cfg)
