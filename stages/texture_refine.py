@@ -44,7 +44,7 @@ from stages.render.texture_render import render_albedo, texture_shade
 from stages.render.uv import pad_texture, rasterize_uv, unwrap_uv
 from stages.schedule import Ramp, ramp_field, ramp_value
 from stages.textured_mesh import TexturedMesh
-from stages.texturing import ReferenceRGB, Surface, reference_rgb_losses
+from stages.texturing import ReferenceRGB, Surface, reference_rgb_losses, require_faces
 
 log = logging.getLogger("geneman")
 
@@ -110,14 +110,6 @@ class Result(TexturedMesh):
     """The avatar: the stage-2 mesh, its UV atlas and the refined texture map."""
 
 
-@dataclass
-class MeshFaces:
-    """A mesh as :meth:`stages.texturing.Surface.of` reads one."""
-
-    verts: Tensor
-    faces: Tensor
-
-
 class Atlas(nn.Module):
     """The UV atlas of the mesh (buffers, so that it is part of the checkpoint) and the texture map.
 
@@ -152,14 +144,14 @@ class Atlas(nn.Module):
                       self.texture.detach().clamp(0, 1).cpu())
 
 
-def unwrap(surface: Surface, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
-    """UV atlas ``(vmapping, uvs, uv_faces)`` of the mesh; the fallback is said once in the log."""
-    uv = unwrap_uv(surface.verts.cpu(), surface.faces.cpu(), timeout=cfg.xatlas_timeout, use_xatlas=cfg.xatlas)
+def unwrap(verts: Tensor, faces: Tensor, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
+    """UV atlas ``(vmapping, uvs, uv_faces)`` of the mesh, on the device of ``verts``; the fallback is said
+    once in the log."""
+    uv = unwrap_uv(verts.cpu(), faces.cpu(), timeout=cfg.xatlas_timeout, use_xatlas=cfg.xatlas)
     if cfg.xatlas and uv.method != "xatlas":
         log.warning("texture_refine: %s on the %d-face mesh; using the fallback atlas (one cell per triangle "
-                    "pair: more seams, fewer texels per triangle)", uv.note or "xatlas failed", surface.faces.shape[0])
-    device = surface.verts.device
-    return uv.vmapping.to(device), uv.uvs.to(device), uv.faces.to(device)
+                    "pair: more seams, fewer texels per triangle)", uv.note or "xatlas failed", faces.shape[0])
+    return uv.vmapping.to(verts.device), uv.uvs.to(verts.device), uv.faces.to(verts.device)
 
 
 @torch.no_grad()
@@ -262,15 +254,16 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     device = stage_device(priors)
     c = cfg.camera
     ref_cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy).to(device)
-    base = Surface.of(previous, device)
-    vmapping, uvs, uv_faces = unwrap(base, cfg)
-    atlas = Atlas(vmapping, uvs, uv_faces, bake(previous, base.verts, vmapping, uvs, uv_faces, cfg)).to(device)
+    require_faces(previous)
+    verts = previous.verts.detach().float().to(device)
+    vmapping, uvs, uv_faces = unwrap(verts, previous.faces, cfg)
+    atlas = Atlas(vmapping, uvs, uv_faces, bake(previous, verts, vmapping, uvs, uv_faces, cfg)).to(device)
     opt = make_optimizer(cfg.optim, {"texture": ([atlas.texture], cfg.optim.lr)})
     gen, cam_gen = generator(device, seed_from_torch()), generator(torch.device("cpu"), seed_from_torch())
     cache = ViewCache(cfg, cam_gen).to(device)
     objects = {"atlas": atlas, "cache": cache, "optim": opt, "gen": gen, "cam_gen": cam_gen}
     start = ckpt.resume(objects)
-    surface = Surface.of(MeshFaces(base.verts, atlas.faces()), device)  # the atlas' face order: one face id for both
+    surface = Surface.of(previous, device, faces=atlas.faces())  # the checkpoint's atlas on resume
     sdedit, lpips = priors.sdedit, optional_lpips(priors, cfg)
     sdedit.prepare(inputs.prompt, inputs.negative_prompt)
     ref = ReferenceRGB.at(inputs, cfg.resolution, cfg.erode_px, device)

@@ -29,16 +29,22 @@ class Surface:
     topology: Topology
 
     @classmethod
-    def of(cls, previous, device: torch.device) -> "Surface":
-        """The previous stage's mesh (``verts`` [V, 3], ``faces`` [F, 3]) on ``device``."""
-        if previous.faces.shape[0] == 0:
-            raise RuntimeError("the mesh to texture has no faces (the geometry stages left no surface)")
-        faces = previous.faces.long().to(device)
+    def of(cls, previous, device: torch.device, faces: Tensor | None = None) -> "Surface":
+        """The previous stage's mesh (``verts`` [V, 3], ``faces`` [F, 3]) on ``device``; ``faces``: the same
+        triangles in another order (a UV atlas' order, so that one face id indexes both)."""
+        require_faces(previous)
+        faces = (previous.faces if faces is None else faces).long().to(device)
         return cls(previous.verts.detach().float().to(device), faces, build_topology(faces))
 
     def box(self, margin: float = 1.05) -> float:
         """Half side of the origin-centred cube holding the mesh, with a margin (the texture field's box)."""
         return float(self.verts.abs().max()) * margin
+
+
+def require_faces(previous) -> None:
+    """Fail in one line on a mesh without faces (nothing to texture)."""
+    if previous.faces.shape[0] == 0:
+        raise RuntimeError("the mesh to texture has no faces (the geometry stages left no surface)")
 
 
 def erode(mask: Tensor, px: int) -> Tensor:
