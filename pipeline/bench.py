@@ -142,10 +142,9 @@ def appearance_report(result: TexturedMesh, renderer: SubjectRenderer, size: int
     return report
 
 
-def recon_glb(run: Path, spec: StageSpec, framing: Framing, out: Path) -> Path:
-    """The last stage's mesh in the subject's frame and units as ``OUT/recon.glb`` (textured once the
-    texture stages ran; vertex colours before)."""
-    result = spec.module.Result.load(run / spec.folder / "result")
+def recon_glb(result: Any, framing: Framing, out: Path) -> Path:
+    """The last stage's Result (its mesh) in the subject's frame and units as ``OUT/recon.glb`` (textured
+    once the texture stages ran; vertex colours before)."""
     path = out / "recon.glb"
     if isinstance(result, TexturedMesh):
         verts, faces, uvs = result.split()
@@ -197,7 +196,7 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> d
     if isinstance(last, TexturedMesh):
         lpips = priors.lpips if loader is not None else None
         report.update(appearance_report(last, renderer, cfg.preprocess.canvas, lpips))
-    recon_glb(out / RUN, stages[-1], framing, out)
+    recon_glb(last, framing, out)
     report["wall_s"] = round(time.monotonic() - t0, 1)
     atomic_write_bytes(out / "bench.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
