@@ -22,7 +22,7 @@ from stages.loop import (
     active,
     autocast,
     generator,
-    guidance_term,
+    hybrid_sds_losses,
     make_optimizer,
     seed_from_torch,
     stage_device,
@@ -174,19 +174,6 @@ def reference_losses(out: dict[str, Tensor], ref: Reference, cfg: Config, w: dic
     return losses
 
 
-def guidance_losses(out: dict[str, Tensor], cams: Cameras, guide, cfg: Config, w: dict[str, float], step: int,
-                    gen: torch.Generator) -> dict[str, Tensor]:
-    """Hybrid SDS of the renders from random cameras (terms weighted 0 now are not run)."""
-    images = out["rgb"].permute(0, 3, 1, 2)
-    size = cfg.encode_resolution or None
-    t2 = guidance_term(cfg.guidance_2d, w["sds"], step, size)
-    t3 = guidance_term(cfg.guidance_3d, w["sds_3d"], step)
-    if not (t2.weight or t3.weight):
-        return {}
-    res = guide(images, None, cams.elevation, cams.azimuth, cams.distance, t2, t3, generator=gen, cameras=cams)
-    return {name: term.loss for name, term in res.terms.items()}
-
-
 def regularisers(field: DensityField, out: dict[str, Tensor], cfg: Config, w: dict[str, float],
                  gen: torch.Generator) -> dict[str, Tensor]:
     """The release's regularisers that are weighted now: normal smoothness (2D and 3D), orientation,
@@ -262,7 +249,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
             out = render(field_, occ, cams, res, cfg, active(w, *NORMAL_LOSSES), gen)
             # 4. losses: reference or guidance, then the regularisers
             losses = (reference_losses(out, ref, cfg, w) if is_ref
-                      else guidance_losses(out, cams, guide, cfg, w, step, gen))
+                      else hybrid_sds_losses(out["rgb"], cams, guide, cfg, w, step, gen))
             losses.update(regularisers(field_, out, cfg, w, gen))
             loss = weighted_sum(losses, w)
         # 5. step

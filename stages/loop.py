@@ -97,6 +97,21 @@ def guidance_term(g: GuidanceConfig, weight: float, step: int, encode_size: int 
                 t_range=(ramp_value(g.min_t, step), ramp_value(g.max_t, step)), encode_size=encode_size)
 
 
+def hybrid_sds_losses(rgb: Tensor, cams, guide, cfg: Any, w: dict[str, float], step: int,
+                      gen: torch.Generator | None, multiview_tiles: int = 1) -> dict[str, Tensor]:
+    """The hybrid SDS losses ``sds`` / ``sds_3d`` of renders ``rgb`` [B, H, W, 3] from ``cams`` (stages 1
+    and 3): ``cfg`` gives ``guidance_2d``, ``guidance_3d`` and ``encode_resolution``; terms weighted 0 now
+    are not run (nothing at all when both are 0). ``multiview_tiles`` > 1: the paper's multi-view trick
+    on the 2D term."""
+    t2 = guidance_term(cfg.guidance_2d, w["sds"], step, cfg.encode_resolution or None)
+    t3 = guidance_term(cfg.guidance_3d, w["sds_3d"], step)
+    if not (t2.weight or t3.weight):
+        return {}
+    res = guide(rgb.permute(0, 3, 1, 2), None, cams.elevation, cams.azimuth, cams.distance, t2, t3,
+                multiview_tiles=multiview_tiles, generator=gen, cameras=cams)
+    return {name: term.loss for name, term in res.terms.items()}
+
+
 def make_optimizer(cfg: OptimConfig,
                    groups: dict[str, tuple[list[torch.nn.Parameter], float]]) -> torch.optim.Optimizer:
     """Adam / AdamW over named parameter groups ``{name: (params, lr)}`` (names kept in the groups)."""

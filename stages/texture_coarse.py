@@ -22,7 +22,7 @@ from stages.inputs import Inputs
 from stages.loop import (
     autocast,
     generator,
-    guidance_term,
+    hybrid_sds_losses,
     make_optimizer,
     seed_from_torch,
     stage_device,
@@ -121,20 +121,6 @@ def guidance_cameras(cfg: Config, gen: torch.Generator) -> Cameras:
     return sample_orbit(n, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range, gen)
 
 
-def guidance_losses(out: dict[str, Tensor], cams: Cameras, guide, cfg: Config, w: dict[str, float], step: int,
-                    gen: torch.Generator) -> dict[str, Tensor]:
-    """Hybrid SDS of the renders (the multi-view trick on the 2D term when ``multiview_tiles`` > 1)."""
-    size = cfg.encode_resolution or None
-    t2 = guidance_term(cfg.guidance_2d, w["sds"], step, size)
-    t3 = guidance_term(cfg.guidance_3d, w["sds_3d"], step)
-    if not (t2.weight or t3.weight):
-        return {}
-    images = out["rgb"].permute(0, 3, 1, 2)
-    res = guide(images, None, cams.elevation, cams.azimuth, cams.distance, t2, t3,
-                multiview_tiles=max(cfg.multiview_tiles, 1), generator=gen, cameras=cams)
-    return {name: term.loss for name, term in res.terms.items()}
-
-
 def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     """Fit the texture field on the stage-2 mesh for ``cfg.steps`` steps (resuming from ``ckpt``)."""
     device = stage_device(priors)
@@ -163,7 +149,8 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
             out = render(field_, surface, cams, cfg.resolution, cfg)
             # 4. losses: the photo inside its eroded mask, or the hybrid SDS
             losses = (reference_rgb_losses(out["rgb"], ref, w) if is_ref
-                      else guidance_losses(out, cams, guide, cfg, w, step, gen))
+                      else hybrid_sds_losses(out["rgb"], cams, guide, cfg, w, step, gen,
+                                           max(cfg.multiview_tiles, 1)))
         # 5. step (a guidance step whose terms are all weighted 0 now has nothing to optimise)
         if losses:
             opt.zero_grad(set_to_none=True)
