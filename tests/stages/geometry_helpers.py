@@ -11,6 +11,7 @@ from evaluation.framing import frame_subject
 from evaluation.subjects import make_subject
 from evaluation.truth import reference_inputs
 from pipeline.config import load_config
+from stages.loop import ever_active, loss_names, weights_at
 
 TINY = {
     "geometry_init": ["resolutions=[32,32]", "samples_per_ray=16", "mesh_resolution=32", "grid.log2_hashmap_size=12",
@@ -49,3 +50,24 @@ class RecordingCheckpoint:
 
     def step_done(self, step, losses, objects) -> None:
         self.losses.append({k: float(torch.as_tensor(v)) for k, v in losses.items()})
+
+
+def walk_preset_losses(module, stage: str, preset: str, inputs, previous, priors, tmp_path: Path) -> None:
+    """Run ``module.run`` for a window of steps at the start of ``preset``'s ``stage`` schedule and, when a
+    loss weight changes over it, at its end (where late ramps are on); assert that every loss whose
+    weight is non-zero at some step was computed, finite (a loss without a weight would fail in
+    weighted_sum)."""
+    cfg = getattr(tiny_config(preset), stage)
+    window = 2 * cfg.n_ref
+    constant = all(weights_at(cfg, 0) == weights_at(cfg, step) for step in (cfg.steps // 2, cfg.steps - 1))
+    seen: set[str] = set()
+    for start in (0,) if constant else (0, cfg.steps - window):
+        ckpt = RecordingCheckpoint(tmp_path / f"{start}" / "ckpt", start=start)
+        sub = getattr(tiny_config(preset, [f"{stage}.steps={start + window}"]), stage)
+        module.run(sub, inputs, previous, priors, ckpt)
+        assert len(ckpt.losses) == window
+        for losses in ckpt.losses:
+            seen |= set(losses)
+            assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    wanted = {name for name in loss_names(cfg) if ever_active(cfg, name)}
+    assert wanted <= seen, f"{preset} {stage}: weighted but never computed: {sorted(wanted - seen)}"

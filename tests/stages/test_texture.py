@@ -19,12 +19,11 @@ from priors import tiny
 from priors.registry import PriorSet
 from priors.weights import MissingWeightError
 from stages import texture_coarse, texture_refine
-from stages.loop import ever_active, loss_names, weights_at
 from stages.render import uv as uv_module
 from stages.render.cameras import turntable
 from stages.render.fields import AlbedoField
 from stages.texturing import erode
-from tests.stages.geometry_helpers import RecordingCheckpoint, subject_inputs, tiny_config
+from tests.stages.geometry_helpers import RecordingCheckpoint, subject_inputs, tiny_config, walk_preset_losses
 
 STAGES = {"texture_coarse": texture_coarse, "texture_refine": texture_refine}
 CANVAS = 64
@@ -83,22 +82,7 @@ def test_erode_shrinks_the_mask_by_whole_pixels():
 @pytest.mark.parametrize("preset", ["paper", "release", "cpu"])
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_loss_weighted_in_a_preset_is_computed(preset, stage, priors, subject, inputs, tmp_path):
-    """Steps at the start (and, when a weight changes over the schedule, at its end) compute every loss
-    whose weight is non-zero at some step (a loss without a weight would fail in weighted_sum)."""
-    cfg = getattr(tiny_config(preset), stage)
-    window = 2 * cfg.n_ref
-    constant = all(weights_at(cfg, 0) == weights_at(cfg, step) for step in (cfg.steps // 2, cfg.steps - 1))
-    seen: set[str] = set()
-    for start in (0,) if constant else (0, cfg.steps - window):
-        ckpt = RecordingCheckpoint(tmp_path / f"{start}" / "ckpt", start=start)
-        sub = getattr(tiny_config(preset, [f"{stage}.steps={start + window}"]), stage)
-        STAGES[stage].run(sub, inputs, previous_for(stage, subject[1]), priors, ckpt)
-        assert len(ckpt.losses) == window
-        for losses in ckpt.losses:
-            seen |= set(losses)
-            assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
-    wanted = {name for name in loss_names(cfg) if ever_active(cfg, name)}
-    assert wanted <= seen, f"{preset} {stage}: weighted but never computed: {sorted(wanted - seen)}"
+    walk_preset_losses(STAGES[stage], stage, preset, inputs, previous_for(stage, subject[1]), priors, tmp_path)
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
