@@ -1,8 +1,12 @@
 """A picture of a bench result: the subject (top row) beside its reconstruction (bottom row), shaded
-normals from the front, the side, the back and the other side.
+normals from the front, the side, the back and the other side; with ``--albedo``, a turntable strip of
+the unlit albedo instead (``--views`` azimuths from 0, the renders the bench's PSNR compares: the truth
+by :class:`evaluation.truth.SubjectRenderer`, the avatar by the last stage's ``TexturedMesh.render``).
 
 Run:  .venv/bin/python benchmarks/bench_picture.py OUT [OUT ...] -o docs/images/bench.png
-(each OUT a `geneman bench` folder: its subject.glb or the subject named in bench.json, and recon.glb)
+      .venv/bin/python benchmarks/bench_picture.py OUT --albedo --views 8 -o docs/images/strip.png
+(each OUT a `geneman bench` folder: its subject.glb or the subject named in bench.json, and recon.glb;
+``--albedo`` reads the stage-4 result in OUT/run)
 """
 from __future__ import annotations
 
@@ -19,8 +23,24 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.framing import Framing  # noqa: E402
+from evaluation.meshes import load_mesh  # noqa: E402
+from evaluation.truth import SubjectRenderer  # noqa: E402
 from stages.render.cameras import orbit_cameras  # noqa: E402
 from stages.render.mesh_render import render_mesh  # noqa: E402
+from stages.textured_mesh import TexturedMesh  # noqa: E402
+
+
+def albedo_rows(out: Path, framing: Framing, subject: Path, size: int, views: int) -> list[np.ndarray]:
+    """Two ``[H, views W, 3]`` uint8 rows: the truth's albedo, then the avatar's, at elevation 0, distance 3,
+    fovy 20, azimuths ``360 k / views``."""
+    cams = orbit_cameras(torch.zeros(views), torch.arange(views) * (360.0 / views), torch.full((views,), 3.0),
+                         torch.full((views,), 20.0))
+    avatar = TexturedMesh.load(out / "run" / "04_texture_refine" / "result")
+    truth = SubjectRenderer(load_mesh(subject), framing)
+    with torch.no_grad():
+        imgs = [truth(cams, size, size)["rgb"], avatar.render(cams, size, size)["rgb"]]
+    return [(img.permute(1, 0, 2, 3).reshape(size, -1, 3).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            for img in imgs]
 
 
 def shaded(verts: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
@@ -39,12 +59,17 @@ def main() -> None:
     p.add_argument("outs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--size", type=int, default=192)
+    p.add_argument("--albedo", action="store_true", help="turntable strip of the unlit albedo (needs stage 4)")
+    p.add_argument("--views", type=int, default=8, help="views of the --albedo strip")
     args = p.parse_args()
     rows = []
     for out in args.outs:
         report = json.loads((out / "bench.json").read_text())
         f = report["framing"]
         framing = Framing(f["scale"], np.array(f["translation"]), np.array(f["rotation"]))
+        if args.albedo:
+            rows += albedo_rows(out, framing, Path(report["subject"]), args.size, args.views)
+            continue
         subject = trimesh.load(report["subject"], force="mesh", process=False)
         recon = trimesh.load(out / "recon.glb", force="mesh", process=False)
         for mesh in (subject, recon):

@@ -167,8 +167,11 @@ def lpips_loader(cfg: RunConfig, device: torch.device):
     return lambda: LPIPS.from_pretrained(cfg.priors, device)
 
 
-def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
-    """Bench the built stages on ``subject`` (a mesh file or a built-in name) into ``out``."""
+def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
+              from_stage: str | None = None) -> dict[str, Any]:
+    """Bench the built stages on ``subject`` (a mesh file or a built-in name) into ``out``; a bench folder
+    that has run continues (``from_stage``: redone from that stage on, the earlier stages kept). Each
+    stage's ``seconds`` is from the run that made its result; ``wall_s`` is this call's."""
     t0 = time.monotonic()
     out = Path(out)
     path = subject_file(subject, out)
@@ -182,7 +185,7 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False) -> d
     loader = lpips_loader(cfg, device)
     priors = OraclePriors(renderer, device=device, lpips=loader)
     session.start(photo, out / RUN, cfg, stages=stages, priors=priors, depth_normal=true_depth_normal(truth),
-                  quiet=quiet)
+                  quiet=quiet, from_stage=from_stage)
     manifest = json.loads((out / RUN / "run.json").read_text())
     report: dict[str, Any] = {"subject": str(path), "framing": framing.to_dict(), "stages": {}}
     for spec in stages:

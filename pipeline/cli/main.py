@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a GLB, OBJ or PLY mesh (+Y up, facing +Z), or a built-in subject: skirt, held_object, "
                          "half_body, thin_limbs, front_back")
     be.add_argument("-o", "--out", type=Path, required=True, help="bench folder (bench.json, recon.glb, run/)")
+    be.add_argument("--from-stage", help="in a bench folder that has run: redo from this stage on (e.g. texture_coarse, "
+                                         "to try texture settings on the same geometry)")
     config_args(be, "cpu")
     common(be)
     ex = sub.add_parser("export", help="rewrite final/ of a finished run from its last stage's result",
@@ -160,8 +162,9 @@ def cmd_bench(args) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.preset, args.config, cli_sets(args))
-    report = run_bench(args.subject, args.out, cfg, quiet=args.quiet)
+    report = run_bench(args.subject, args.out, cfg, quiet=args.quiet, from_stage=args.from_stage)
     keys = ("fscore", "normal_consistency", "chamfer_l1")
+    keys += ("psnr", "psnr_back", "ssim")
     print(" ".join(f"{k}={report[k]:.4f}" for k in keys if k in report) + f" wall_s={report['wall_s']}")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'recon.glb'}")
     return 0
