@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a GLB, OBJ or PLY mesh (+Y up, facing +Z), or a built-in subject: skirt, held_object, "
                          "half_body, thin_limbs, front_back")
     be.add_argument("-o", "--out", type=Path, required=True, help="bench folder (bench.json, recon.glb, run/)")
-    be.add_argument("--from-stage", help="in a bench folder that has run: redo from this stage on (e.g. texture_coarse, "
-                                         "to try texture settings on the same geometry)")
+    be.add_argument("--from-stage",
+                    help="in a bench folder that has run: redo from this stage on (e.g. texture_coarse, "
+                         "to try texture settings on the same geometry)")
     config_args(be, "cpu")
     common(be)
     ex = sub.add_parser("export", help="rewrite final/ of a finished run from its last stage's result",
