@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.framing import Framing  # noqa: E402
 from evaluation.meshes import load_mesh  # noqa: E402
 from evaluation.truth import SubjectRenderer  # noqa: E402
-from stages.render.cameras import orbit_cameras  # noqa: E402
+from stages.render.cameras import orbit_cameras, turntable  # noqa: E402
 from stages.render.mesh_render import render_mesh  # noqa: E402
 from stages.textured_mesh import TexturedMesh  # noqa: E402
 
@@ -33,14 +33,17 @@ from stages.textured_mesh import TexturedMesh  # noqa: E402
 def albedo_rows(out: Path, framing: Framing, subject: Path, size: int, views: int) -> list[np.ndarray]:
     """Two ``[H, views W, 3]`` uint8 rows: the truth's albedo, then the avatar's, at elevation 0, distance 3,
     fovy 20, azimuths ``360 k / views``."""
-    cams = orbit_cameras(torch.zeros(views), torch.arange(views) * (360.0 / views), torch.full((views,), 3.0),
-                         torch.full((views,), 20.0))
+    cams = turntable(views)
     avatar = TexturedMesh.load(out / "run" / "04_texture_refine" / "result")
     truth = SubjectRenderer(load_mesh(subject), framing)
     with torch.no_grad():
-        imgs = [truth(cams, size, size)["rgb"], avatar.render(cams, size, size)["rgb"]]
-    return [(img.permute(1, 0, 2, 3).reshape(size, -1, 3).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-            for img in imgs]
+        return [row(truth(cams, size, size)["rgb"]), row(avatar.render(cams, size, size)["rgb"])]
+
+
+def row(images: torch.Tensor) -> np.ndarray:
+    """``[B, H, W, 3]`` in [0, 1] -> ``[H, B W, 3]`` uint8, the views side by side."""
+    b, h, w, c = images.shape
+    return (images.permute(1, 0, 2, 3).reshape(h, b * w, c).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def shaded(verts: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
@@ -49,9 +52,7 @@ def shaded(verts: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
                          torch.full((4,), 20.0))
     out = render_mesh(torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces), cams, size, size)
     n = torch.einsum("bhwj,bjk->bhwk", out["normal"], cams.c2w[:, :3, :3])
-    img = out["mask"] * (n * 0.5 + 0.5) + (1 - out["mask"])
-    row = img.permute(1, 0, 2, 3).reshape(size, -1, 3)
-    return (row.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    return row(out["mask"] * (n * 0.5 + 0.5) + (1 - out["mask"]))
 
 
 def main() -> None:

@@ -164,8 +164,7 @@ def cmd_bench(args) -> int:
 
     cfg = load_config(args.preset, args.config, cli_sets(args))
     report = run_bench(args.subject, args.out, cfg, quiet=args.quiet, from_stage=args.from_stage)
-    keys = ("fscore", "normal_consistency", "chamfer_l1")
-    keys += ("psnr", "psnr_back", "ssim")
+    keys = ("fscore", "normal_consistency", "chamfer_l1", "psnr", "psnr_back", "ssim")
     print(" ".join(f"{k}={report[k]:.4f}" for k in keys if k in report) + f" wall_s={report['wall_s']}")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'recon.glb'}")
     return 0
