@@ -8,6 +8,7 @@ mesh by marching cubes.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -32,10 +33,13 @@ from stages.loop import (
 from stages.mesh_result import MeshResult
 from stages.render.cameras import Cameras, reference_camera, sample_orbit
 from stages.render.fields import DensityField, density_normals
-from stages.render.marching_cubes import field_to_mesh
+from stages.render.marching_cubes import evaluate_grid, marching_cubes
+from stages.render.mesh_render import render_mesh
 from stages.render.occupancy import OccupancyGrid
 from stages.render.volume import render_image
 from stages.schedule import Ramp, milestone_value, ramp_field
+
+log = logging.getLogger("geneman")
 
 FOLDER = "01_geometry_init"
 NORMAL_LOSSES = ("normal", "normal_smooth", "3d_normal_smooth", "orient")
@@ -103,7 +107,10 @@ class Config:
     mesh_resolution: int = 256
     """Marching-cubes grid resolution for the NeRF -> mesh conversion at the end of the stage."""
     mesh_level: float = 10.0
-    """Density level of the marching-cubes surface."""
+    """Density level of the marching-cubes surface (when ``mesh_level_search`` is empty)."""
+    mesh_level_search: list[float] = field(default_factory=list)
+    """Candidate density levels of the surface: the one whose mesh, seen from the reference camera, best
+    matches the photo's mask (IoU) is used, and said in the log; empty: ``mesh_level``."""
     encode_resolution: int = 512
     """Renders are resized to this before the 2D prior's VAE encoding (0: encode at render size)."""
     background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
@@ -260,7 +267,8 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
             previews.write(ckpt, step + 1, _preview(field_, occ, cfg, res, device))
         ckpt.step_done(step + 1, {k: v.detach() for k, v in losses.items()}, objects)
     field_.set_step(cfg.steps)
-    return Result(*to_mesh(field_, cfg, device), state=field_.state_dict(), args=field_args(cfg))
+    verts, faces, colors, chosen = to_mesh(field_, cfg, device, ref_mask=inputs.mask, ref_camera=ref_cam)
+    return Result(verts, faces, colors, state=field_.state_dict(), args={**field_args(cfg), "mesh_level": chosen})
 
 
 @torch.no_grad()
@@ -269,13 +277,41 @@ def _preview(field_: DensityField, occ: OccupancyGrid, cfg: Config, res: int, de
     return out["rgb"]
 
 
+def silhouette_iou(verts: Tensor, faces: Tensor, mask: Tensor, camera: Cameras) -> float:
+    """IoU of a mesh's silhouette from ``camera`` with ``mask`` ``[H, W]`` (both thresholded at 0.5)."""
+    h, w = mask.shape
+    sil = render_mesh(verts, faces, camera.to(verts.device), h, w)["mask"][0, ..., 0].cpu() > 0.5
+    ref = mask.cpu() > 0.5
+    return float((sil & ref).sum()) / max(float((sil | ref).sum()), 1.0)
+
+
+def choose_level(values: Tensor, cfg: Config, ref_mask: Tensor | None, ref_camera: Cameras | None
+                 ) -> tuple[float, dict[str, float]]:
+    """The density level of the mesh, from sampled densities ``values`` ``[R, R, R]``: ``cfg.mesh_level``,
+    or with ``cfg.mesh_level_search`` the candidate whose reference-view silhouette has the highest IoU
+    with ``ref_mask`` (the IoU of each candidate returned beside it)."""
+    if not cfg.mesh_level_search or ref_mask is None or ref_camera is None:
+        return cfg.mesh_level, {}
+    ious = {}
+    for level in cfg.mesh_level_search:
+        verts, faces = marching_cubes(values, level, cfg.radius)
+        ious[f"{level:g}"] = round(silhouette_iou(verts, faces, ref_mask, ref_camera), 4) if len(faces) else 0.0
+    best = max(cfg.mesh_level_search, key=lambda lv: ious[f"{lv:g}"])
+    log.info("geometry_init: mesh at density %g (reference-view IoU with the photo's mask %s)", best,
+             ", ".join(f"{k}: {v:.3f}" for k, v in ious.items()))
+    return best, ious
+
+
 @torch.no_grad()
-def to_mesh(field_: DensityField, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Marching cubes of the density at ``cfg.mesh_level``: vertices ``[V, 3]``, faces ``[F, 3]`` and the
-    albedo ``[V, 3]`` at the vertices."""
-    verts, faces = field_to_mesh(field_.density, cfg.mesh_resolution, cfg.mesh_level, cfg.radius, device=device)
+def to_mesh(field_: DensityField, cfg: Config, device: torch.device, ref_mask: Tensor | None = None,
+            ref_camera: Cameras | None = None) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """Marching cubes of the density at the level :func:`choose_level` picks: vertices ``[V, 3]``, faces
+    ``[F, 3]``, the albedo ``[V, 3]`` at the vertices, and ``{"level", "iou"}`` (the candidates' IoUs)."""
+    values = evaluate_grid(field_.density, cfg.mesh_resolution, cfg.radius, device=device)
+    level, ious = choose_level(values, cfg, ref_mask, ref_camera)
+    verts, faces = marching_cubes(values, level, cfg.radius)
     if faces.shape[0] == 0:
-        raise RuntimeError(f"the field has no surface at density {cfg.mesh_level}: nothing was fitted "
+        raise RuntimeError(f"the field has no surface at density {level:g}: nothing was fitted "
                            "(check the photo's mask and the loss weights)")
     colors = torch.cat([field_(v.to(device))[1].float().cpu() for v in verts.split(2**16)])
-    return verts, faces, colors
+    return verts, faces, colors, {"level": level, "iou": ious}

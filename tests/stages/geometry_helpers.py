@@ -16,7 +16,8 @@ from stages.loop import ever_active, loss_names, weights_at
 TINY = {
     "geometry_init": ["resolutions=[32,32]", "samples_per_ray=16", "mesh_resolution=32", "grid.log2_hashmap_size=12",
                       "occupancy_resolution=16", "encode_resolution=0", "ray_chunk=4096", "smooth_points=256",
-                      "preview_every=0", "mesh_level=1.0"],
+                      "preview_every=0", "mesh_level=1.0",
+                      "mesh_level_search=[]"],
     "geometry_sculpt": ["resolution=32", "tet_grid=32", "grid.log2_hashmap_size=12", "sdf_points=500",
                         "init_steps=20", "init_points=2000", "encode_resolution=0", "preview_every=0"],
     "texture_coarse": ["resolution=32", "grid.log2_hashmap_size=12", "encode_resolution=0", "preview_every=0"],

@@ -91,3 +91,27 @@ def test_the_band_holds_every_cube_the_surface_crosses():
     crossed = {tuple(c) for c in (corners.any(0) & ~corners.all(0)).nonzero().tolist()}
     kept = {tuple(c) for c in cubes.tolist()}
     assert crossed and crossed <= kept and len(kept) < res**3 / 8, (len(crossed - kept), len(kept))
+
+
+def test_the_mesh_level_is_the_candidate_whose_reference_silhouette_fits_the_photo_mask():
+    """A density falling off from the centre: each level is a sphere of its own radius; the photo's mask is
+    the disc of the level-4 sphere seen from the reference camera, so of 1, 4 and 8 the search takes 4
+    (and without candidates the fixed level stays)."""
+    from stages.render.cameras import reference_camera
+    from stages.render.marching_cubes import evaluate_grid, marching_cubes
+
+    values = evaluate_grid(lambda p: 10.0 * (1.0 - p.norm(dim=-1)), 64)  # level L: radius 1 - L / 10
+    cam = reference_camera(distance=3.0, fovy=40.0)
+    cfg = geometry_init.Config(radius=1.0, mesh_level=8.0, mesh_level_search=[1.0, 4.0, 8.0])
+    mask = geometry_init.render_mesh(*marching_cubes(values, 4.0), cam, 64, 64)["mask"][0, ..., 0]
+    level, ious = geometry_init.choose_level(values, cfg, mask, cam)
+    assert level == 4.0 and ious["4"] > 0.99 > max(ious["1"], ious["8"]), ious
+    assert geometry_init.choose_level(values, geometry_init.Config(mesh_level=8.0), mask, cam) == (8.0, {})
+
+
+def test_stage1_records_its_mesh_level_search(priors, inputs, tmp_path):
+    cfg = tiny_config("cpu", ["geometry_init.steps=2", "geometry_init.mesh_level_search=[0.5,1.0]"]).geometry_init
+    result = geometry_init.run(cfg, inputs, None, priors, RecordingCheckpoint(tmp_path / "ckpt"))
+    chosen = result.args["mesh_level"]
+    assert chosen["level"] in (0.5, 1.0) and set(chosen["iou"]) == {"0.5", "1"}
+    assert chosen["iou"][f"{chosen['level']:g}"] == max(chosen["iou"].values())
