@@ -149,5 +149,9 @@ def mesh_edges(faces: Tensor) -> Tensor:
         >>> mesh_edges(torch.tensor([[0, 1, 2], [0, 2, 3]])).tolist()
         [[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]]
     """
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
-    return torch.unique(e, dim=0)
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values.long()
+    if e.shape[0] == 0:
+        return e
+    n = int(e.max()) + 1
+    key = torch.unique(e[:, 0] * n + e[:, 1])  # 1-D: unique(dim=0) costs ~0.5 s a step on a 60k-face mesh
+    return torch.stack([key // n, key % n], dim=1)
