@@ -1,32 +1,40 @@
-"""Seconds per step of the geometry stages with real-size random-weight priors, split into rendering,
-prior networks and the rest (CPU, 2 threads).
+"""Seconds per step of each stage with real-size random-weight priors, split into rendering, prior
+networks and the rest (CPU, 2 threads).
 
 Run:  .venv/bin/python benchmarks/bench_stages.py --only init --preset cpu [--steps 3] [--set KEY=VALUE ...]
       .venv/bin/python benchmarks/bench_stages.py --only sculpt --preset paper --set geometry_sculpt.init_steps=200
       .venv/bin/python benchmarks/bench_stages.py --only tets --preset paper     (band tet count only)
+      .venv/bin/python benchmarks/bench_stages.py --only coarse --preset cpu --set texture_coarse.n_ref=2
+      .venv/bin/python benchmarks/bench_stages.py --only refine --preset cpu --steps 4 --set texture_refine.n_views=1
 
 Each section runs the stage's own ``run(cfg, inputs, previous, priors, ckpt)`` for ``--steps`` steps
 on a generated subject (``front_back``) at the preset's canvas, with an object holding the priors the
-stage reads (``hybrid``; ``adapted`` and ``lpips``; ``device``) built from the real classes at real size
-with random weights (no download): SD 1.5-size ``StableDiffusionSDS`` (UNet ``SD15_UNET``, VAE
-``SD15_VAE``, a CLIP ViT-L/14-size text encoder, the tiny tokenizer), Zero-1-to-3-size ``Zero123SDS``
-(8-channel UNet, CLIP ViT-L/14 vision encoder projecting to 768, ``cc_projection`` 772 -> 768),
-``AdaptedGuidance`` of two SD-size models, and LPIPS at VGG16's widths; each prepared by
-``priors.memory.prepare`` as ``from_pretrained`` does (fp32 on a CPU).
+stage reads (stages 1 and 3: ``hybrid``; stage 2: ``adapted`` and ``lpips``; stage 4: ``sdedit`` and
+``lpips``; ``device``) built from the real classes at real size with random weights (no download):
+SD 1.5-size ``StableDiffusionSDS`` (UNet ``SD15_UNET``, VAE ``SD15_VAE``, a CLIP ViT-L/14-size text
+encoder, the tiny tokenizer), Zero-1-to-3-size ``Zero123SDS`` (8-channel UNet, CLIP ViT-L/14 vision
+encoder projecting to 768, ``cc_projection`` 772 -> 768), ``AdaptedGuidance`` of two SD-size models,
+``ControlNetSDEdit`` (SD-size UNet, VAE and text encoder, ControlNet ``SD15_CONTROLNET``) and LPIPS at
+VGG16's widths; each prepared by ``priors.memory.prepare`` as ``from_pretrained`` does (fp32 on a CPU).
+The previous stage's result is made from the subject mesh itself in the scene frame (stage 4: with an
+untrained stage-3 texture field on it, baked as the stage bakes a trained one).
 
 What is timed, per step (a step ends at the checkpoint's ``step_done``; the first step starts where
 the stage calls the guidance's ``prepare``, whose text / image embedding is done there eagerly and
 reported as setup):
 - rendering: the stage module's render function (``geometry_init.render``, ``geometry_sculpt._render``,
-  patched here), forward, plus its backward: from the moment the gradient of all its outputs has
-  arrived to the moment the gradient of its inputs is complete (stage 2: the mesh vertices) or the
-  optimiser step begins (stage 1: the field's parameters are leaves);
+  ``texture_coarse.render``, ``texture_refine.render``, patched here), forward, plus its backward: from
+  the moment the gradient of all its outputs has arrived to the moment the gradient of its inputs is
+  complete (stage 2: the mesh vertices) or the optimiser step begins (the other stages: the field's or
+  the texture's parameters are leaves);
 - prior networks: the guidance calls (``hybrid.__call__``, ``adapted.normal_sds`` / ``depth_sds``,
-  ``lpips``), forward, plus their backward (the VAE encoder's / VGG's backward to the render), timed
-  the same way between identity autograd nodes placed on their outputs and inputs (the CPU autograd
-  engine runs later-created nodes first, so each window holds that network's backward alone);
+  ``sdedit.__call__`` (no gradient), ``lpips``), forward, plus their backward (the VAE encoder's /
+  VGG's backward to the render), timed the same way between identity autograd nodes placed on their
+  outputs and inputs (the CPU autograd engine runs later-created nodes first, so each window holds
+  that network's backward alone);
 - rest: step wall time minus both (losses, regularisers, occupancy-grid update, stage 2's marching
-  tets and SDF network over the band with their backward, optimiser step).
+  tets and SDF network over the band with their backward, stage 4's normal render for the edit's
+  control image, optimiser step).
 Process memory (RSS of this process) is sampled every 10 ms during the steps; each section runs
 in its own process (``--only`` chooses one), so stage-1 priors are never held beside stage 2's.
 Prints a Markdown table; the load average is printed at the start and the end.
@@ -51,9 +59,11 @@ from evaluation.framing import frame_subject  # noqa: E402
 from evaluation.subjects import make_subject  # noqa: E402
 from evaluation.truth import reference_inputs  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from stages import geometry_init, geometry_sculpt  # noqa: E402
+from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine  # noqa: E402
 
 SUBJECT = "front_back"
+MODULES = {"init": geometry_init, "sculpt": geometry_sculpt, "coarse": texture_coarse, "refine": texture_refine}
+RENDER = {"init": "render", "sculpt": "_render", "coarse": "render", "refine": "render"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -62,7 +72,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def sd_sds(seed: int, cfg_variant: str, tiny_size: bool = False):
     """An SD 1.5-size StableDiffusionSDS with random weights (tiny sizes with ``tiny_size``, for a smoke run)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from priors import memory, tiny
     from priors.config import Config
@@ -77,13 +86,45 @@ def sd_sds(seed: int, cfg_variant: str, tiny_size: bool = False):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(sample_size=64, **SD15_UNET)
         vae = AutoencoderKL(sample_size=512, scaling_factor=0.18215, **SD15_VAE)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                            projection_dim=768, bos_token_id=512, eos_token_id=513, pad_token_id=513))
+        text = clip_text_l14()
     cfg, dev = Config(), torch.device("cpu")
     prompt = PromptEncoder(tiny.tokenizer(), memory.prepare(text, cfg, dev))
     return StableDiffusionSDS(memory.prepare(vae, cfg, dev), memory.prepare(unet, cfg, dev), prompt, tiny.scheduler(),
                               cfg_variant, cfg.weighting)
+
+
+def clip_text_l14():
+    """A CLIP ViT-L/14-size text encoder (SD 1.5's), random weights, the tiny tokenizer's special ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        projection_dim=768, bos_token_id=512, eos_token_id=513, pad_token_id=513))
+
+
+def controlnet_sdedit(seed: int, tiny_size: bool = False):
+    """Stage 4's ControlNetSDEdit at SD 1.5 size (UNet, VAE, text encoder, normal ControlNet), random weights."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    from priors import memory, tiny
+    from priors.config import Config
+    from priors.profile import SD15_CONTROLNET, SD15_UNET, SD15_VAE
+    from priors.sdedit import ControlNetSDEdit
+    from priors.text import PromptEncoder
+
+    if tiny_size:
+        p = tiny.sd_parts(seed)
+        vae, unet, text, control = p.vae, p.unet, p.text_encoder, tiny.controlnet(seed)
+    else:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=64, **SD15_UNET)
+        vae = AutoencoderKL(sample_size=512, scaling_factor=0.18215, **SD15_VAE)
+        control = ControlNetModel(**SD15_CONTROLNET)
+        text = clip_text_l14()
+    cfg, dev = Config(), torch.device("cpu")
+    prep = lambda m: memory.prepare(m, cfg, dev)  # noqa: E731
+    return ControlNetSDEdit(prep(vae), prep(unet), prep(control), PromptEncoder(tiny.tokenizer(), prep(text)),
+                            tiny.scheduler())
 
 
 def zero123_sds(seed: int, tiny_size: bool = False):
@@ -153,6 +194,7 @@ class StepRecord:
     render_fwd: float
     prior_fwd: float
     faces: int = 0
+    edits: int = 0
 
 
 @dataclass
@@ -167,6 +209,7 @@ class Clock:
     setup: float = 0.0
     t_prev: float | None = None
     faces: int = 0
+    edits: int = 0
 
     def stamp(self, key, tensors: list) -> list:
         """Tensors that need a gradient pass through one :class:`_Stamp`; others unchanged."""
@@ -201,8 +244,8 @@ class Clock:
         kind = "reference" if (step - 1) % self.n_ref == 0 else "guidance"
         self.records.append(StepRecord(step - 1, kind, now - self.t_prev, self.fwd["render"] + bwd["render"],
                                        self.fwd["prior"] + bwd["prior"], self.fwd["render"], self.fwd["prior"],
-                                       self.faces))
-        self.fwd, self.marks, self.calls = {"render": 0.0, "prior": 0.0}, {}, []
+                                       self.faces, self.edits))
+        self.fwd, self.marks, self.calls, self.edits = {"render": 0.0, "prior": 0.0}, {}, [], 0
         self.t_prev = time.perf_counter()
 
 
@@ -259,6 +302,24 @@ class TimedAdapted:
         return self.clock.timed("prior", self.inner.depth_sds, args, kwargs, _sds_out)
 
 
+class TimedSDEdit:
+    """``ControlNetSDEdit`` with its edits timed (and counted); ``prepare`` embeds the prompt eagerly."""
+
+    def __init__(self, inner, clock: Clock):
+        self.inner, self.clock = inner, clock
+
+    def prepare(self, *args, **kwargs):
+        t = time.perf_counter()
+        self.inner.prepare(*args, **kwargs)
+        self.inner._prepared_embeddings()
+        self.clock.setup = time.perf_counter() - t
+        self.clock.begin()
+
+    def __call__(self, *args, **kwargs):
+        self.clock.edits += 1
+        return self.clock.timed("prior", self.inner, args, kwargs, lambda out, stamp: out)
+
+
 class TimedLPIPS:
     def __init__(self, inner, clock: Clock):
         self.inner, self.clock = inner, clock
@@ -276,17 +337,20 @@ def timed_render(fn, clock: Clock):
     def render(*args, **kwargs):
         if len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.long:
             clock.faces = int(args[1].shape[0])  # stage 2: (verts, faces, ...)
+        elif len(args) > 1 and hasattr(args[1], "faces"):
+            clock.faces = int(args[1].faces.shape[0])  # stages 3 and 4: (field or atlas, surface, ...)
         return clock.timed("render", fn, args, kwargs, outputs)
     return render
 
 
 @dataclass
 class BenchPriors:
-    """What the geometry stages read from a ``priors.registry.PriorSet``."""
+    """What the stages read from a ``priors.registry.PriorSet``."""
 
     device: torch.device = torch.device("cpu")
     hybrid: object = None
     adapted: object = None
+    sdedit: object = None
     lpips: object = None
 
 
@@ -335,28 +399,45 @@ def stage1_previous(subject, framing):
     return geometry_init.Result(verts, torch.tensor(subject.faces, dtype=torch.long))
 
 
+def stage3_previous(mesh, cfg) -> texture_coarse.Result:
+    """A stage-3 Result on ``mesh``: an untrained texture field (what stage 4 bakes costs the same)."""
+    from stages.render.fields import AlbedoField
+    from stages.texturing import Surface
+
+    args = texture_coarse.field_args(cfg, Surface.of(mesh, torch.device("cpu")))
+    torch.manual_seed(5)
+    field_ = AlbedoField(**args)
+    with torch.no_grad():
+        colors = field_(mesh.verts)
+    return texture_coarse.Result(mesh.verts, mesh.faces, colors, state=field_.state_dict(), args=args)
+
+
 def run_stage(name: str, run_cfg, args) -> tuple[list[StepRecord], dict]:
-    module = {"init": geometry_init, "sculpt": geometry_sculpt}[name]
-    cfg = run_cfg.geometry_init if name == "init" else run_cfg.geometry_sculpt
+    module = MODULES[name]
+    cfg = getattr(run_cfg, module.__name__.rsplit(".", 1)[1])
     cfg.steps = args.steps
     clock = Clock(cfg.n_ref)
     info: dict = {}
     t = time.perf_counter()
     subject, framing, inputs = subject_inputs(run_cfg.preprocess.canvas)
-    previous = stage1_previous(subject, framing) if name == "sculpt" else None
+    previous = None if name == "init" else stage1_previous(subject, framing)
+    if name == "refine":
+        previous = stage3_previous(previous, run_cfg.texture_coarse)
     priors = BenchPriors()
-    if name == "init":
+    attr = RENDER[name]
+    if name in ("init", "coarse"):
         from priors.hybrid import HybridSDS
 
         priors.hybrid = TimedHybrid(HybridSDS(sd_sds(0, "release", args.tiny), zero123_sds(1, args.tiny)), clock)
-        attr = "render"
+    elif name == "refine":
+        priors.sdedit = TimedSDEdit(controlnet_sdedit(6, args.tiny), clock)
+        priors.lpips = TimedLPIPS(lpips_net(4, args.tiny), clock)
     else:
         from priors.adapted import AdaptedGuidance
 
         priors.adapted = TimedAdapted(AdaptedGuidance(sd_sds(2, "standard", args.tiny),
                                                       sd_sds(3, "standard", args.tiny)), clock)
         priors.lpips = TimedLPIPS(lpips_net(4, args.tiny), clock)
-        attr = "_render"
         band_grid = geometry_sculpt.band_grid
 
         def counted_band_grid(*a, **k):
@@ -366,7 +447,8 @@ def run_stage(name: str, run_cfg, args) -> tuple[list[StepRecord], dict]:
         geometry_sculpt.band_grid = counted_band_grid
     info["build_s"] = time.perf_counter() - t
     to_mesh = geometry_init.to_mesh  # the end-of-stage mesh conversion is not measured: skipped
-    geometry_init.to_mesh = lambda *a: (torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3))
+    geometry_init.to_mesh = lambda *a, **k: (torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3),
+                                             {})
     original = getattr(module, attr)
     setattr(module, attr, timed_render(original, clock))
     hook = register_optimizer_step_pre_hook(
@@ -438,6 +520,14 @@ def count_band(run_cfg, samples: int = 4_000_000) -> dict:
 
 
 def sizes(name: str, run_cfg) -> str:
+    if name == "coarse":
+        c = run_cfg.texture_coarse
+        return (f"render {c.resolution}^2, hash 2^{c.grid.log2_hashmap_size}, encode {c.encode_resolution}, "
+                f"{max(c.multiview_tiles, 1)} view(s) per guidance step")
+    if name == "refine":
+        c = run_cfg.texture_refine
+        return (f"render {c.resolution}^2, texture {c.texture_size}^2, {c.n_views} cached views, "
+                f"edit at {c.encode_resolution or c.resolution} with {1000 // c.ddim_stride} DDIM steps")
     if name == "init":
         c = run_cfg.geometry_init
         res = ", ".join(str(r) for r in sorted(set(c.resolutions)))
@@ -450,7 +540,8 @@ def sizes(name: str, run_cfg) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["init", "sculpt", "tets"], required=True, help="the section to run")
+    parser.add_argument("--only", choices=["init", "sculpt", "coarse", "refine", "tets"], required=True,
+                        help="the section to run")
     parser.add_argument("--preset", default="cpu", help="config preset (cpu, release, paper)")
     parser.add_argument("--steps", type=int, default=3, help="stage steps to run (step 0 is the warm-up)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -461,8 +552,8 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # the cast-to-fp32 notice of each model
-    run_cfg = load_config(args.preset, None, ["geometry_init.preview_every=0", "geometry_sculpt.preview_every=0",
-                                              *args.set])
+    run_cfg = load_config(args.preset, None, [f"{m.__name__.rsplit('.', 1)[1]}.preview_every=0"
+                                              for m in MODULES.values()] + args.set)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
           f"preset {args.preset}, overrides {args.set or 'none'}{', TINY priors' if args.tiny else ''}", flush=True)
     if args.only == "tets":
@@ -475,7 +566,7 @@ def main() -> None:
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         return
     records, info = run_stage(args.only, run_cfg, args)
-    stage = {"init": "geometry_init", "sculpt": "geometry_sculpt"}[args.only]
+    stage = MODULES[args.only].__name__.rsplit(".", 1)[1]
     print(f"{stage}, {sizes(args.only, run_cfg)}; priors built in {info['build_s']:.0f} s, stage setup before the "
           f"first step {info['before_steps_s']:.0f} s (of which prompt / reference embedding {info['setup_s']:.1f} s)")
     if "end_error" in info:
@@ -492,7 +583,8 @@ def main() -> None:
     for r in records:
         rest = r.wall - r.render - r.prior
         warm = " (warm-up)" if r.step == 0 else ""
-        print(f"| {r.step} | {r.kind}{warm} | {r.wall:.2f} | {r.render:.2f} ({r.render_fwd:.2f}) | "
+        edit = f" + {r.edits} edit" if r.edits else ""
+        print(f"| {r.step} | {r.kind}{edit}{warm} | {r.wall:.2f} | {r.render:.2f} ({r.render_fwd:.2f}) | "
               f"{r.prior:.2f} ({r.prior_fwd:.2f}) | {rest:.2f} | {1 - r.prior / r.wall:.0%} | {r.faces or ''} |")
     print(f"load average at the end {os.getloadavg()[0]:.2f}", flush=True)
 
