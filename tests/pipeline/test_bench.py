@@ -87,6 +87,21 @@ def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
     assert np.abs(recon.bounds.mean(0) - subject.bounds.mean(0)).max() < 0.3
     assert 0.5 < recon.extents.max() / subject.extents.max() < 2.0
     assert "fscore=" in r.stdout and (tmp_path / "b" / "run" / "run.json").is_file()
+    # --from-stage in the same folder: the stages before it are kept byte for byte, with their figures
+    run = tmp_path / "b" / "run"
+    kept = {p: p.read_bytes() for p in (run / "02_geometry_sculpt" / "result").iterdir()}
+    before = json.loads((run / "run.json").read_text())["stages"]
+    r = bench("--subject", "thin_limbs", "-o", str(tmp_path / "b"), "--quiet", "--from-stage", "texture_refine",
+              *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "b" / "bench.json").read_text())
+    after = json.loads((run / "run.json").read_text())["stages"]
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    for name in ("geometry_init", "geometry_sculpt", "texture_coarse"):
+        assert again["stages"][name] == report["stages"][name] and after[name] == before[name], name
+    redone = after["texture_refine"]
+    assert redone["state"] == "done" and redone["started"] > before["texture_refine"]["finished"]
+    assert len(again["per_view"]["psnr"]) == 120
 
 
 def test_bad_subject_is_one_line_exit_2(tmp_path):
