@@ -441,9 +441,9 @@ def run_stage(name: str, run_cfg, args) -> tuple[list[StepRecord], dict]:
         band_grid = geometry_sculpt.band_grid
 
         def counted_band_grid(*a, **k):
-            verts, tets = band_grid(*a, **k)
-            info["band"] = (int(tets.shape[0]), int(verts.shape[0]))
-            return verts, tets
+            verts, cubes = band_grid(*a, **k)
+            info["band"] = (int(cubes.shape[0]), int(verts.shape[0]))
+            return verts, cubes
         geometry_sculpt.band_grid = counted_band_grid
     info["build_s"] = time.perf_counter() - t
     to_mesh = geometry_init.to_mesh  # the end-of-stage mesh conversion is not measured: skipped
@@ -512,11 +512,11 @@ def count_band(run_cfg, samples: int = 4_000_000) -> dict:
         coarse //= 2
     cubes = band_cubes(lambda p: torch.from_numpy(tree.query(p.numpy(), workers=2)[0]), cfg.tet_grid, cfg.bound,
                        cfg.band, coarse)
-    verts, tets = band_grid(cubes, cfg.tet_grid, cfg.bound)
-    return {"tet_grid": cfg.tet_grid, "band": cfg.band, "tets": int(tets.shape[0]), "verts": int(verts.shape[0]),
+    verts, corners = band_grid(cubes, cfg.tet_grid, cfg.bound)  # [C, 8]: 6 tets a cube
+    return {"tet_grid": cfg.tet_grid, "band": cfg.band, "tets": 6 * int(corners.shape[0]), "verts": int(verts.shape[0]),
             "seconds": time.perf_counter() - t, "full_grid_tets": 6 * cfg.tet_grid ** 3,
             "subject_faces": int(prev.faces.shape[0]), "spacing": spacing, "cell": 2 * cfg.bound / cfg.tet_grid,
-            "bytes": verts.numel() * 4 + tets.numel() * 8}
+            "bytes": verts.numel() * 4 + corners.numel() * 8}
 
 
 def sizes(name: str, run_cfg) -> str:
@@ -562,7 +562,7 @@ def main() -> None:
               f"around {SUBJECT} "
               f"({b['subject_faces']} faces; distance to surface samples {b['spacing']:.4f} apart): {b['tets']} tets "
               f"({b['tets'] / b['full_grid_tets']:.2%} of the full {b['full_grid_tets']}), {b['verts']} vertices, "
-              f"{b['bytes'] / 2**30:.2f} GiB as fp32 positions + int64 tets; built in {b['seconds']:.1f} s")
+              f"{b['bytes'] / 2**30:.2f} GiB as fp32 positions + int64 cube corner ids; built in {b['seconds']:.1f} s")
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         return
     records, info = run_stage(args.only, run_cfg, args)
@@ -572,7 +572,7 @@ def main() -> None:
     if "end_error" in info:
         print(f"after the steps (not measured): {info['end_error']}")
     if "band" in info:
-        print(f"band: {info['band'][0]} tets, {info['band'][1]} vertices")
+        print(f"band: {info['band'][0]} cubes ({6 * info['band'][0]} tets), {info['band'][1]} vertices")
     gib = 2.0 ** 30
     print(f"memory: RSS {info['rss_before_run'] / gib:.2f} GiB with the priors built, {info['rss_at_steps'] / gib:.2f} "
           f"GiB when the steps start, peak {info['rss_peak_steps'] / gib:.2f} GiB during the steps (10 ms samples); "
