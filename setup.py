@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Single-image 3D human reconstruction (GeneMAN) with resumable stages and cluster batches",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline*", "priors*", "stages*", "evaluation*", "configs"]),
+    packages=find_packages(include=["pipeline*", "priors*", "stages*", "evaluation*", "training*", "configs"]),
     package_data={"": ["*.yaml"]},
     include_package_data=True,
     install_requires=[

@@ -1,0 +1,1 @@
+"""Training data for the priors: procedural people (:mod:`training.synth`)."""
