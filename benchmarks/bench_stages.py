@@ -263,37 +263,41 @@ def _hybrid_out(out, stamp):
     return out
 
 
-class TimedHybrid:
-    """``HybridSDS`` with its call timed; ``prepare`` embeds the prompt and the reference eagerly."""
+class _Timed:
+    """A guidance wrapper whose ``prepare`` also does the lazy embedding eagerly (:meth:`_embed`), timed as
+    setup, and then starts the clock's first step."""
 
     def __init__(self, inner, clock: Clock):
         self.inner, self.clock = inner, clock
 
+    def _embed(self) -> None:
+        raise NotImplementedError
+
     def prepare(self, *args, **kwargs):
         t = time.perf_counter()
         self.inner.prepare(*args, **kwargs)
-        self.inner._prepared_embeddings()
-        self.inner._set_reference()
+        self._embed()
         self.clock.setup = time.perf_counter() - t
         self.clock.begin()
+
+
+class TimedHybrid(_Timed):
+    """``HybridSDS`` with its call timed; ``prepare`` embeds the prompt and the reference eagerly."""
+
+    def _embed(self) -> None:
+        self.inner._prepared_embeddings()
+        self.inner._set_reference()
 
     def __call__(self, images, *args, **kwargs):
         return self.clock.timed("prior", self.inner, (images, *args), kwargs, _hybrid_out)
 
 
-class TimedAdapted:
+class TimedAdapted(_Timed):
     """``AdaptedGuidance`` with ``normal_sds`` / ``depth_sds`` timed; ``prepare`` embeds both prompts."""
 
-    def __init__(self, inner, clock: Clock):
-        self.inner, self.clock = inner, clock
-
-    def prepare(self, *args, **kwargs):
-        t = time.perf_counter()
-        self.inner.prepare(*args, **kwargs)
+    def _embed(self) -> None:
         self.inner._prepared("normal")
         self.inner._prepared("depth")
-        self.clock.setup = time.perf_counter() - t
-        self.clock.begin()
 
     def normal_sds(self, *args, **kwargs):
         return self.clock.timed("prior", self.inner.normal_sds, args, kwargs, _sds_out)
@@ -302,18 +306,11 @@ class TimedAdapted:
         return self.clock.timed("prior", self.inner.depth_sds, args, kwargs, _sds_out)
 
 
-class TimedSDEdit:
+class TimedSDEdit(_Timed):
     """``ControlNetSDEdit`` with its edits timed (and counted); ``prepare`` embeds the prompt eagerly."""
 
-    def __init__(self, inner, clock: Clock):
-        self.inner, self.clock = inner, clock
-
-    def prepare(self, *args, **kwargs):
-        t = time.perf_counter()
-        self.inner.prepare(*args, **kwargs)
+    def _embed(self) -> None:
         self.inner._prepared_embeddings()
-        self.clock.setup = time.perf_counter() - t
-        self.clock.begin()
 
     def __call__(self, *args, **kwargs):
         self.clock.edits += 1
