@@ -145,6 +145,11 @@ def build_field(cfg: Config) -> DensityField:
                         blob_scale=cfg.density_blob_scale, blob_std=cfg.density_blob_std)
 
 
+def build_occupancy(cfg: Config) -> OccupancyGrid:
+    """The stage's occupancy grid, its step the longest ray in the sphere's cube over the samples per ray."""
+    return OccupancyGrid(cfg.radius, cfg.occupancy_resolution, 2 * cfg.radius * 1.7320508 / cfg.samples_per_ray)
+
+
 def field_args(cfg: Config) -> dict:
     """What :func:`build_field` needs, as JSON (kept in the Result so it rebuilds without the config)."""
     return {"radius": cfg.radius, "grid": vars(cfg.grid).copy(), "mlp_neurons": cfg.mlp_neurons,
@@ -229,8 +234,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     c = cfg.camera
     ref_cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
     field_ = build_field(cfg).to(device)
-    step_size = 2 * cfg.radius * 1.7320508 / cfg.samples_per_ray  # the longest ray in the sphere's cube / samples
-    occ = OccupancyGrid(cfg.radius, cfg.occupancy_resolution, step_size).to(device)
+    occ = build_occupancy(cfg).to(device)
     opt = make_optimizer(cfg.optim, {"encoding": (list(field_.encoding.parameters()), cfg.optim.lr),
                                      "mlp": (list(field_.mlp.parameters()), cfg.optim.lr_other)})
     gen, cam_gen = generator(device, seed_from_torch()), generator(torch.device("cpu"), seed_from_torch())
@@ -285,31 +289,32 @@ def silhouette_iou(verts: Tensor, faces: Tensor, mask: Tensor, camera: Cameras) 
     return float((sil & ref).sum()) / max(float((sil | ref).sum()), 1.0)
 
 
-def choose_level(values: Tensor, cfg: Config, ref_mask: Tensor | None, ref_camera: Cameras | None
-                 ) -> tuple[float, dict[str, float]]:
-    """The density level of the mesh, from sampled densities ``values`` ``[R, R, R]``: ``cfg.mesh_level``,
-    or with ``cfg.mesh_level_search`` the candidate whose reference-view silhouette has the highest IoU
-    with ``ref_mask`` (the IoU of each candidate returned beside it)."""
-    if not cfg.mesh_level_search or ref_mask is None or ref_camera is None:
-        return cfg.mesh_level, {}
-    ious = {}
+def choose_level(values: Tensor, cfg: Config, ref_mask: Tensor, ref_camera: Cameras
+                 ) -> tuple[float, Tensor, Tensor, dict[str, float]]:
+    """The mesh's density level and its marching-cubes mesh ``[V, 3]`` / ``[F, 3]`` from sampled densities
+    ``values`` ``[R, R, R]``: ``cfg.mesh_level``, or with ``cfg.mesh_level_search`` the candidate whose
+    reference-view silhouette has the highest IoU with ``ref_mask`` ``[H, W]`` (each candidate's IoU is
+    returned last; empty without a search)."""
+    if not cfg.mesh_level_search:
+        return cfg.mesh_level, *marching_cubes(values, cfg.mesh_level, cfg.radius), {}
+    ious, best = {}, None
     for level in cfg.mesh_level_search:
         verts, faces = marching_cubes(values, level, cfg.radius)
         ious[f"{level:g}"] = round(silhouette_iou(verts, faces, ref_mask, ref_camera), 4) if len(faces) else 0.0
-    best = max(cfg.mesh_level_search, key=lambda lv: ious[f"{lv:g}"])
-    log.info("geometry_init: mesh at density %g (reference-view IoU with the photo's mask %s)", best,
+        if best is None or ious[f"{level:g}"] > ious[f"{best[0]:g}"]:
+            best = (level, verts, faces)
+    log.info("geometry_init: mesh at density %g (reference-view IoU with the photo's mask %s)", best[0],
              ", ".join(f"{k}: {v:.3f}" for k, v in ious.items()))
-    return best, ious
+    return *best, ious
 
 
 @torch.no_grad()
-def to_mesh(field_: DensityField, cfg: Config, device: torch.device, ref_mask: Tensor | None = None,
-            ref_camera: Cameras | None = None) -> tuple[Tensor, Tensor, Tensor, dict]:
+def to_mesh(field_: DensityField, cfg: Config, device: torch.device, ref_mask: Tensor,
+            ref_camera: Cameras) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Marching cubes of the density at the level :func:`choose_level` picks: vertices ``[V, 3]``, faces
     ``[F, 3]``, the albedo ``[V, 3]`` at the vertices, and ``{"level", "iou"}`` (the candidates' IoUs)."""
     values = evaluate_grid(field_.density, cfg.mesh_resolution, cfg.radius, device=device)
-    level, ious = choose_level(values, cfg, ref_mask, ref_camera)
-    verts, faces = marching_cubes(values, level, cfg.radius)
+    level, verts, faces, ious = choose_level(values, cfg, ref_mask, ref_camera)
     if faces.shape[0] == 0:
         raise RuntimeError(f"the field has no surface at density {level:g}: nothing was fitted "
                            "(check the photo's mask and the loss weights)")

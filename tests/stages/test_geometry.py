@@ -104,9 +104,12 @@ def test_the_mesh_level_is_the_candidate_whose_reference_silhouette_fits_the_pho
     cam = reference_camera(distance=3.0, fovy=40.0)
     cfg = geometry_init.Config(radius=1.0, mesh_level=8.0, mesh_level_search=[1.0, 4.0, 8.0])
     mask = geometry_init.render_mesh(*marching_cubes(values, 4.0), cam, 64, 64)["mask"][0, ..., 0]
-    level, ious = geometry_init.choose_level(values, cfg, mask, cam)
+    level, verts, faces, ious = geometry_init.choose_level(values, cfg, mask, cam)
     assert level == 4.0 and ious["4"] > 0.99 > max(ious["1"], ious["8"]), ious
-    assert geometry_init.choose_level(values, geometry_init.Config(mesh_level=8.0), mask, cam) == (8.0, {})
+    assert all(torch.equal(a, b) for a, b in zip((verts, faces), marching_cubes(values, 4.0)))
+    level, verts, faces, ious = geometry_init.choose_level(values, geometry_init.Config(mesh_level=8.0), mask, cam)
+    assert (level, ious) == (8.0, {}) and all(torch.equal(a, b) for a, b in zip((verts, faces),
+                                                                                 marching_cubes(values, 8.0)))
 
 
 def test_stage1_records_its_mesh_level_search(priors, inputs, tmp_path):
