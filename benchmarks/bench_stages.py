@@ -63,30 +63,38 @@ from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refin
 
 SUBJECT = "front_back"
 MODULES = {"init": geometry_init, "sculpt": geometry_sculpt, "coarse": texture_coarse, "refine": texture_refine}
+STAGE = {key: module.__name__.rsplit(".", 1)[1] for key, module in MODULES.items()}
+"""The config section (and stage name) of each ``--only`` key."""
 RENDER = {"init": "render", "sculpt": "_render", "coarse": "render", "refine": "render"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --- real-size priors, random weights ----------------------------------------------------------
 
-def sd_sds(seed: int, cfg_variant: str, tiny_size: bool = False):
-    """An SD 1.5-size StableDiffusionSDS with random weights (tiny sizes with ``tiny_size``, for a smoke run)."""
+def sd_modules(seed: int, tiny_size: bool = False) -> tuple:
+    """``(vae, unet, text_encoder)`` of SD 1.5 size with random weights (tiny sizes with ``tiny_size``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from priors import memory, tiny
-    from priors.config import Config
-    from priors.prior_2d import StableDiffusionSDS
+    from priors import tiny
     from priors.profile import SD15_UNET, SD15_VAE
-    from priors.text import PromptEncoder
 
     if tiny_size:
         p = tiny.sd_parts(seed)
-        vae, unet, text = p.vae, p.unet, p.text_encoder
-    else:
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, **SD15_UNET)
-        vae = AutoencoderKL(sample_size=512, scaling_factor=0.18215, **SD15_VAE)
-        text = clip_text_l14()
+        return p.vae, p.unet, p.text_encoder
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, **SD15_UNET)
+    vae = AutoencoderKL(sample_size=512, scaling_factor=0.18215, **SD15_VAE)
+    return vae, unet, clip_text_l14()
+
+
+def sd_sds(seed: int, cfg_variant: str, tiny_size: bool = False):
+    """An SD 1.5-size StableDiffusionSDS with random weights (tiny sizes with ``tiny_size``, for a smoke run)."""
+    from priors import memory, tiny
+    from priors.config import Config
+    from priors.prior_2d import StableDiffusionSDS
+    from priors.text import PromptEncoder
+
+    vae, unet, text = sd_modules(seed, tiny_size)
     cfg, dev = Config(), torch.device("cpu")
     prompt = PromptEncoder(tiny.tokenizer(), memory.prepare(text, cfg, dev))
     return StableDiffusionSDS(memory.prepare(vae, cfg, dev), memory.prepare(unet, cfg, dev), prompt, tiny.scheduler(),
@@ -104,23 +112,16 @@ def clip_text_l14():
 
 def controlnet_sdedit(seed: int, tiny_size: bool = False):
     """Stage 4's ControlNetSDEdit at SD 1.5 size (UNet, VAE, text encoder, normal ControlNet), random weights."""
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers import ControlNetModel
 
     from priors import memory, tiny
     from priors.config import Config
-    from priors.profile import SD15_CONTROLNET, SD15_UNET, SD15_VAE
+    from priors.profile import SD15_CONTROLNET
     from priors.sdedit import ControlNetSDEdit
     from priors.text import PromptEncoder
 
-    if tiny_size:
-        p = tiny.sd_parts(seed)
-        vae, unet, text, control = p.vae, p.unet, p.text_encoder, tiny.controlnet(seed)
-    else:
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, **SD15_UNET)
-        vae = AutoencoderKL(sample_size=512, scaling_factor=0.18215, **SD15_VAE)
-        control = ControlNetModel(**SD15_CONTROLNET)
-        text = clip_text_l14()
+    vae, unet, text = sd_modules(seed, tiny_size)
+    control = tiny.controlnet(seed) if tiny_size else ControlNetModel(**SD15_CONTROLNET)
     cfg, dev = Config(), torch.device("cpu")
     prep = lambda m: memory.prepare(m, cfg, dev)  # noqa: E731
     return ControlNetSDEdit(prep(vae), prep(unet), prep(control), PromptEncoder(tiny.tokenizer(), prep(text)),
@@ -411,7 +412,7 @@ def stage3_previous(mesh, cfg) -> texture_coarse.Result:
 
 def run_stage(name: str, run_cfg, args) -> tuple[list[StepRecord], dict]:
     module = MODULES[name]
-    cfg = getattr(run_cfg, module.__name__.rsplit(".", 1)[1])
+    cfg = getattr(run_cfg, STAGE[name])
     cfg.steps = args.steps
     clock = Clock(cfg.n_ref)
     info: dict = {}
@@ -549,8 +550,7 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # the cast-to-fp32 notice of each model
-    run_cfg = load_config(args.preset, None, [f"{m.__name__.rsplit('.', 1)[1]}.preview_every=0"
-                                              for m in MODULES.values()] + args.set)
+    run_cfg = load_config(args.preset, None, [f"{stage}.preview_every=0" for stage in STAGE.values()] + args.set)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
           f"preset {args.preset}, overrides {args.set or 'none'}{', TINY priors' if args.tiny else ''}", flush=True)
     if args.only == "tets":
@@ -563,7 +563,7 @@ def main() -> None:
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         return
     records, info = run_stage(args.only, run_cfg, args)
-    stage = MODULES[args.only].__name__.rsplit(".", 1)[1]
+    stage = STAGE[args.only]
     print(f"{stage}, {sizes(args.only, run_cfg)}; priors built in {info['build_s']:.0f} s, stage setup before the "
           f"first step {info['before_steps_s']:.0f} s (of which prompt / reference embedding {info['setup_s']:.1f} s)")
     if "end_error" in info:
