@@ -87,16 +87,20 @@ def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
     assert np.abs(recon.bounds.mean(0) - subject.bounds.mean(0)).max() < 0.3
     assert 0.5 < recon.extents.max() / subject.extents.max() < 2.0
     assert "fscore=" in r.stdout and (tmp_path / "b" / "run" / "run.json").is_file()
-    # --from-stage in the same folder: the stages before it are kept byte for byte, with their figures
+    # --from-stage in the same folder: stage 4 redone with another setting; the stages before it are kept
+    # byte for byte, with their figures
     run = tmp_path / "b" / "run"
-    kept = {p: p.read_bytes() for p in (run / "02_geometry_sculpt" / "result").iterdir()}
+    kept = {p: p.read_bytes() for p in sorted(run.glob("0[123]_*/result/*.safetensors"))}
+    textured = (run / "04_texture_refine" / "result" / "textured.safetensors").read_bytes()
     before = json.loads((run / "run.json").read_text())["stages"]
     r = bench("--subject", "thin_limbs", "-o", str(tmp_path / "b"), "--quiet", "--from-stage", "texture_refine",
-              *[a for s in sets for a in ("--set", s)])
+              *[a for s in sets for a in ("--set", s)], "--set", "texture_refine.steps=2")
     assert r.returncode == 0, r.stderr
+    assert len(kept) >= 3 and all(p.read_bytes() == b for p, b in kept.items())
+    assert (run / "04_texture_refine" / "result" / "textured.safetensors").read_bytes() != textured
+    assert "steps: 2" in (run / "config.yaml").read_text().split("texture_refine:")[1]
     again = json.loads((tmp_path / "b" / "bench.json").read_text())
     after = json.loads((run / "run.json").read_text())["stages"]
-    assert all(p.read_bytes() == b for p, b in kept.items())
     for name in ("geometry_init", "geometry_sculpt", "texture_coarse"):
         assert again["stages"][name] == report["stages"][name] and after[name] == before[name], name
     redone = after["texture_refine"]
