@@ -74,17 +74,42 @@ class Zero123SDS:
         return cls(parts, cfg.weighting)
 
     @torch.no_grad()
-    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
-        """Embed the reference photo [1, 3, H, W] in [0, 1] (white background) taken from the given camera."""
+    def condition(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What Zero-1-to-3 conditions on, for [B, 3, H, W] source images in [0, 1] (white background):
+        their CLIP image embeddings [B, 1, D] and unscaled VAE latents (the posterior's mode) [B, 4, h, w].
+
+        The images are resized to :attr:`cond_size` first (area), then to the CLIP encoder's side
+        (bicubic) for the embedding. ``set_reference`` and the 3D trainer (:mod:`training.train`) both use this.
+        """
         p = self.parts
-        img = F.interpolate(image, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
+        img = F.interpolate(images, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
         size = p.image_encoder.config.image_size
         clip_in = F.interpolate((img + 1.0) / 2.0, (size, size), mode="bicubic", align_corners=True)
         mean, std = (torch.tensor(v, device=img.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
         clip_in = ((clip_in - mean) / std).to(p.image_encoder.dtype)
-        self.c_crossattn = p.image_encoder(pixel_values=clip_in).image_embeds[:, None].float()
-        self.c_concat = p.vae.encode(img.to(p.vae.dtype)).latent_dist.mode().float()
+        c_crossattn = p.image_encoder(pixel_values=clip_in).image_embeds[:, None].float()
+        c_concat = p.vae.encode(img.to(p.vae.dtype)).latent_dist.mode().float()
+        return c_crossattn, c_concat
+
+    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
+        """Embed the reference photo [1, 3, H, W] in [0, 1] (white background) taken from the given camera."""
+        self.c_crossattn, self.c_concat = self.condition(image)
         self.ref = (float(elevation), float(azimuth), float(distance))
+
+    def model_inputs(self, latents_noisy: torch.Tensor, c_crossattn: torch.Tensor, c_concat: torch.Tensor,
+                     camera: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's input and context for [B, 4, h, w] noisy latents: ``x`` = [z_t, latent of the source]
+        on 8 channels, ``ctx`` = cc_projection([CLIP(source), camera]) [B, 1, D] (Zero-1-to-3, Sec. 3.2).
+
+        ``keep`` [B] (bool): rows where it is False are the unconditional branch (zero context, zero
+        latent), as classifier-free guidance runs them and the trainer drops the condition.
+        """
+        p = self.parts
+        ctx = p.cc_projection(torch.cat([c_crossattn, camera], dim=-1).to(p.cc_projection.weight.dtype))
+        if keep is not None:
+            ctx = ctx * keep.view(-1, 1, 1).to(ctx.dtype)
+            c_concat = c_concat * keep.view(-1, 1, 1, 1).to(c_concat.dtype)
+        return torch.cat([latents_noisy, c_concat.to(latents_noisy.dtype)], dim=1), ctx
 
     def encode_images(self, images: torch.Tensor, size: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,13 +132,9 @@ class Zero123SDS:
         if self.c_crossattn is None:
             raise RuntimeError("Zero123SDS.set_reference must be called before guidance")
         p, n = self.parts, latents_noisy.shape[0]
-        # 1. context: cc_projection([CLIP(ref), camera]); unconditional context is zero (Sec. 3.2)
-        ctx_in = torch.cat([self.c_crossattn.expand(n, -1, -1), camera], dim=-1)
-        ctx = p.cc_projection(ctx_in.to(p.cc_projection.weight.dtype))
-        ctx = torch.cat([torch.zeros_like(ctx), ctx])
-        # 2. input: [z_t, latent of the reference] on 8 channels; unconditional latent is zero
-        concat = self.c_concat.expand(n, -1, -1, -1)
-        x = torch.cat([torch.cat([latents_noisy] * 2), torch.cat([torch.zeros_like(concat), concat])], dim=1)
+        keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(latents_noisy.device)
+        x, ctx = self.model_inputs(torch.cat([latents_noisy] * 2), self.c_crossattn.expand(2 * n, -1, -1),
+                                   self.c_concat.expand(2 * n, -1, -1, -1), torch.cat([camera] * 2), keep)
         eps = p.unet(x.to(p.unet.dtype), torch.cat([t] * 2), encoder_hidden_states=ctx.to(p.unet.dtype)).sample
         eps_uncond, eps_cond = eps.float().chunk(2)
         # 3. classifier-free guidance, standard form (as the release's Zero-1-to-3 guidance)

@@ -113,22 +113,24 @@ def clip(seed: int = 0) -> CLIPModel:
     return CLIPModel(cfg).eval()
 
 
-def unet(in_channels: int = 4, seed: int = 0) -> UNet2DConditionModel:
-    """SD-style UNet: two levels (cross-attention, plain), two resnets each, 2 heads."""
+def unet(in_channels: int = 4, seed: int = 0, sample_size: int = 16) -> UNet2DConditionModel:
+    """SD-style UNet: two levels (cross-attention, plain), two resnets each, 2 heads; ``sample_size``:
+    the latent side it is meant for (:attr:`priors.prior_3d.Zero123SDS.native_size` reads it)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         layers_per_block=2, cross_attention_dim=WIDTH, attention_head_dim=2).eval()
 
 
-def vae(seed: int = 0) -> AutoencoderKL:
-    """Two-level KL autoencoder (downsampling 2) with SD's latent scaling factor."""
+def vae(seed: int = 0, sample_size: int = 32) -> AutoencoderKL:
+    """Two-level KL autoencoder (downsampling 2) with SD's latent scaling factor; ``sample_size``: the
+    image side it is meant for."""
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        sample_size=32, scaling_factor=0.18215).eval()
+        sample_size=sample_size, scaling_factor=0.18215).eval()
 
 
 def cc_projection(seed: int = 0) -> torch.nn.Linear:
