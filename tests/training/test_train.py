@@ -1,0 +1,187 @@
+"""``geneman prior train-2d|train-3d``: the loss goes down, a stopped run resumes to the same bytes, two
+processes (gloo) train together, the output loads through ``PriorSet`` and guides an SDS step, and bad
+data or options get one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli.main import main
+from pipeline.errors import Interrupted
+from pipeline.run.checkpoint import Checkpointer
+from pipeline.run.progress import Progress
+from pipeline.run.signals import StopSignals
+from priors.config import Config
+from priors.registry import PriorSet
+from training import render, synth
+from training.train import TrainConfig, Trainer, step_generator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    people = tmp_path_factory.mktemp("people")
+    synth.synth(2, people, seed=1, voxel=0.02)
+    out = tmp_path_factory.mktemp("data") / "d"
+    render.render_dataset(people, out, render.RenderConfig(size=32, views_2d=6, views_3d=4, seed=2))
+    return out
+
+
+def _train(kind: str, data: Path, out: Path, *extra: str) -> int:
+    return main(["prior", f"train-{kind}", str(data), "-o", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict[str, Path]:
+    outs = {}
+    for kind in ("2d", "3d"):
+        outs[kind] = tmp_path_factory.mktemp(f"prior{kind}") / "out"
+        assert _train(kind, data, outs[kind], "--steps", "4", "--batch-size", "2", "--save-every", "2") == 0
+    return outs
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(kind, data, tmp_path):
+    trainer = Trainer(TrainConfig(kind, steps=30, batch_size=8, lr=1e-3, save_every=100), data, tmp_path / "o")
+    probe = 10 ** 6  # a step number training never reaches: its batch, noise and timesteps are fixed
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return sum(float(trainer.loss(trainer.model, probe + i)) for i in range(4)) / 4
+
+    before = fixed_loss()
+    ckpt = Checkpointer(tmp_path / "ckpt", 30, 100, 1, Progress("t", 30, quiet=True), StopSignals(()))
+    summary = trainer.run(ckpt)
+    after = fixed_loss()
+    assert after < 0.8 * before, (before, after)
+    assert summary["loss_last_20"] < summary["loss_first_20"]
+    assert (tmp_path / "o" / "train.json").is_file() and (tmp_path / "o" / "samples" / "step_00000030.png").is_file()
+
+
+def test_step_generator_depends_on_seed_step_and_process():
+    draws = {(s, t, r): torch.rand(3, generator=step_generator(s, t, r)).tolist()
+             for s in (0, 1) for t in (0, 1) for r in (0, 1)}
+    assert len({tuple(v) for v in draws.values()}) == 8
+    assert torch.rand(3, generator=step_generator(0, 1, 0)).tolist() == draws[(0, 1, 0)]
+
+
+class _StopAt(Checkpointer):
+    """The run store's checkpointer, with a stop signal arriving during step ``at`` (as SIGTERM would)."""
+
+    def __init__(self, at: int, *args):
+        super().__init__(*args)
+        self.at = at
+
+    def step_done(self, step, losses, objects):
+        if step == self.at:
+            self.stop.requested = signal.SIGTERM
+        super().step_done(step, losses, objects)
+
+
+def _weights(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.safetensors"))}
+
+
+def test_a_stopped_run_resumes_to_the_bytes_of_an_uninterrupted_one(data, tmp_path):
+    opts = ["--steps", "6", "--batch-size", "2", "--save-every", "4", "--lr", "1e-3", "--seed", "3"]
+    assert _train("3d", data, tmp_path / "straight", *opts) == 0
+    cfg = TrainConfig("3d", steps=6, batch_size=2, save_every=4, lr=1e-3, seed=3)
+    out = tmp_path / "stopped"
+    ckpt = _StopAt(3, out / "ckpt", 6, 4, 2, Progress("t", 6, quiet=True), StopSignals(()))
+    with pytest.raises(Interrupted):
+        Trainer(cfg, data, out).run(ckpt)
+    assert [p.name for p in (out / "ckpt").glob("*.pt")] == ["step_00000003.pt"]
+    assert _train("3d", data, out, *opts) == 0  # the command resumes from step 3
+    assert _weights(out) == _weights(tmp_path / "straight") and len(_weights(out)) == 4
+    logs = [json.loads((o / "train.json").read_text()) for o in (out, tmp_path / "straight")]
+    assert logs[0]["loss"] == logs[1]["loss"] and None not in logs[0]["loss"] and logs[0]["resumed_at"] == 3
+
+
+def test_two_processes_train_together_over_gloo(data, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as sock:  # torchrun's --master_port 0 leaves the workers without a port to meet at
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+           "-m", "pipeline.cli.main", "prior", "train-3d", str(data), "-o", str(tmp_path / "o"),
+           "--steps", "3", "--batch-size", "2", "--save-every", "2", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads((tmp_path / "o" / "train.json").read_text())
+    assert log["processes"] == 2 and all(v is not None for v in log["loss"])
+    assert sorted(p.name for p in (tmp_path / "o" / "ckpt").glob("*.pt")) == ["step_00000002.pt", "step_00000003.pt"]
+    assert proc.stdout.count("trained the 3d prior") == 1  # the main process reports (and writes) once
+    one = tmp_path / "one"
+    assert _train("3d", data, one, "--steps", "3", "--batch-size", "2", "--save-every", "2") == 0
+    assert _weights(one) != _weights(tmp_path / "o")  # two processes saw twice the rows: other weights
+
+
+def test_trained_outputs_load_through_priorset_and_guide_an_sds_step(trained):
+    cfg = Config(sd15=str(trained["2d"]), geneman_repo=str(trained["2d"]), prior_2d_subfolder="unet",
+                 prior_3d_diffusers=str(trained["3d"]))
+    priors = PriorSet(cfg, "cpu")
+    priors.check(["geometry_init", "texture_coarse"])
+    image = torch.rand(1, 3, 32, 32, requires_grad=True)
+    p3 = priors.prior_3d
+    assert p3.native_size == 32
+    p3.set_reference(torch.rand(1, 3, 32, 32), 0.0, 0.0, 3.0)
+    out3 = p3(image, torch.tensor([0.0]), torch.tensor([90.0]), torch.tensor([3.0]), (0.02, 0.98), 3.0)
+    p2 = priors.prior_2d
+    out2 = p2(image, p2.embed("a person"), (0.02, 0.98), 7.5, encode_size=None)
+    (out3.loss + out2.loss).backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+    log = json.loads((trained["3d"] / "train.json").read_text())
+    assert log["use"] == f"--set priors.prior_3d_diffusers={trained['3d'].resolve()}"
+    assert log["data_manifest"]["seed"] == 2 and log["command"][:3] == ["geneman", "prior", "train-3d"]
+
+
+def _err(capsys, kind, *argv) -> tuple[int, str]:
+    code = main(["prior", f"train-{kind}", *map(str, argv), "--quiet"])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_bad_data_and_options_get_one_line_errors(data, trained, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = _err(capsys, "2d", tmp_path / "empty", "-o", tmp_path / "o")
+    assert code == 2 and "holds no 2d/metadata.jsonl" in err and "\n" not in err
+    code, err = _err(capsys, "3d", tmp_path / "empty", "-o", tmp_path / "o")
+    assert code == 2 and "holds no 3d/pairs.jsonl" in err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "3d" / "views" / "person_0001" / "02.png").write_bytes(b"not a png")
+    code, err = _err(capsys, "3d", broken, "-o", tmp_path / "o")
+    assert code == 2 and "person_0001/02.png" in err and "cannot read the image" in err
+    (broken / "2d" / "metadata.jsonl").write_text('{"file_name": "images/000000.png"}\n')
+    code, err = _err(capsys, "2d", broken, "-o", tmp_path / "o")
+    assert code == 2 and "metadata.jsonl: line 1 lacks text" in err
+
+    code, err = _err(capsys, "3d", data, "-o", tmp_path / "o", "--general-ratio", "0.3")
+    assert code == 2 and "needs a general-data folder" in err
+    code, err = _err(capsys, "2d", data, "-o", tmp_path / "o", "--init", tmp_path / "empty")
+    assert code == 2 and "--init must be `tiny` or a diffusers folder" in err
+    before = _weights(trained["3d"])
+    code, err = _err(capsys, "3d", data, "-o", trained["3d"], "--steps", "5", "--batch-size", "2", "--save-every", "2")
+    assert code == 2 and "other options (steps 4 -> 5)" in err and _weights(trained["3d"]) == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained, data, tmp_path):
+    """``--init DIR`` loads a trained folder: zero steps of learning rate 0 give its weights back."""
+    out = tmp_path / "ft"
+    cfg = replace(TrainConfig("3d", steps=1, batch_size=2, save_every=1, lr=1e-30, seed=7), init=str(trained["3d"]))
+    Trainer(cfg, data, out).run(Checkpointer(out / "ckpt", 1, 1, 1, Progress("t", 1, quiet=True), StopSignals(())))
+    for name in ("vae/diffusion_pytorch_model.safetensors", "image_encoder/model.safetensors"):
+        assert (out / name).read_bytes() == (trained["3d"] / name).read_bytes()  # frozen parts unchanged

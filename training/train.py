@@ -1,0 +1,415 @@
+"""The prior trainers: ``geneman prior train-2d`` (an SD-architecture UNet on captioned images) and
+``geneman prior train-3d`` (the Zero-1-to-3 architecture on view pairs), the paper's Sec. 3.1 recipe.
+
+A step, both kinds (diffusers' training scripts' epsilon objective, DDPM eq. (14)):
+
+1. draw the batch: each row from the general-data set with probability ``general_ratio``, else from
+   the human data (the paper mixes general data into both priors' fine-tuning);
+2. encode the targets with the frozen VAE (a posterior sample, scaled), draw t ~ U{0..T-1} and
+   eps ~ N(0, 1), and noise: z_t = sqrt(a_t) z + sqrt(1 - a_t) eps;
+3. condition, and drop the condition with probability ``uncond_prob`` (classifier-free guidance needs
+   the unconditional model): 2D, the caption's CLIP text embedding (dropped: the empty prompt);
+   3D, :meth:`priors.prior_3d.Zero123SDS.model_inputs` of the source's CLIP embedding, VAE latent and
+   the relative camera (dropped: zero context and zero latent, as guidance runs the unconditional branch);
+4. loss = || eps_theta(z_t, t, c) - eps ||^2; AdamW on the UNet (3D: and ``cc_projection``); the VAE,
+   text and image encoders stay frozen.
+
+Every random number of step ``s`` comes from a generator seeded by (seed, s, process), so a run
+stopped and resumed from a checkpoint (model, optimiser, loss log) continues to the same bytes. The
+loop is the stages' (:class:`stages.loop.Checkpoint` saves and reports progress); several processes
+(``accelerate launch``, torchrun, Slurm) go through Hugging Face Accelerate, each drawing its own rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from priors.prior_2d import StableDiffusionSDS, load_sd_parts, save_sd_parts
+from priors.prior_3d import Zero123SDS
+from priors.text import PromptEncoder
+from priors.zero123_parts import Zero123Parts
+from stages.loop import Checkpoint
+from stages.render.export import atomic_write, png_bytes
+from training.datasets import CaptionedImages, ViewPairs
+
+log = logging.getLogger("geneman")
+
+KINDS = ("2d", "3d")
+DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4}
+"""The paper's AdamW learning rates: 2D prior 1e-5, 3D prior 1e-4."""
+TRAIN_JSON = "train.json"
+"""Beside the weights: the config, the data's manifest, the loss log, timings, library versions."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (the ``geneman prior train-2d|train-3d`` options)."""
+
+    kind: str
+    """``2d`` or ``3d``."""
+    steps: int = 1000
+    """Optimisation steps."""
+    batch_size: int = 8
+    """Rows per step and process."""
+    lr: float = 0.0
+    """AdamW learning rate; 0: the paper's for the kind (:data:`DEFAULT_LR`)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay (diffusers' scripts' default)."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip (diffusers' scripts' default)."""
+    uncond_prob: float = 0.1
+    """Probability of dropping a row's condition (classifier-free guidance)."""
+    general_ratio: float = 0.0
+    """Probability that a row comes from the general-data set (needs one)."""
+    init: str = "tiny"
+    """``tiny`` (from scratch, :mod:`priors.tiny`'s architecture at the data's size) or a folder of
+    weights to fine-tune (2D: an SD 1.5 diffusers folder; 3D: a Zero-1-to-3 diffusers folder)."""
+    size: int = 0
+    """Image side trained at; 0: the data's (its manifest's ``size``)."""
+    save_every: int = 100
+    """Checkpoint every this many steps (and at the end, and on a stop signal)."""
+    sample_every: int = 0
+    """Write sample images every this many steps (0: only at the end)."""
+    seed: int = 0
+    """Seed of the batches, noise, timesteps and condition drops."""
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or DEFAULT_LR[self.kind]
+
+
+def check_config(cfg: TrainConfig, has_general: bool) -> None:
+    """``ValueError`` (one line) for options that cannot work."""
+    if cfg.kind not in KINDS:
+        raise ValueError(f"kind {cfg.kind!r}: expected 2d or 3d")
+    for name in ("steps", "batch_size", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+    if cfg.sample_every < 0 or cfg.lr < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm <= 0:
+        raise ValueError("--sample-every, --lr and --weight-decay must not be negative, "
+                         "--max-grad-norm must be positive")
+    for name in ("uncond_prob", "general_ratio"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1]")
+    if cfg.general_ratio > 0 and not has_general:
+        raise ValueError(f"--general-ratio {cfg.general_ratio} needs a general-data folder (--general DIR)")
+    if cfg.size and (cfg.size < 16 or cfg.size % 8):
+        raise ValueError(f"--size {cfg.size} must be a multiple of 8, at least 16")
+    if not 0 <= cfg.seed < 2 ** 63:
+        raise ValueError(f"seed {cfg.seed} is out of range; give 0 to 2^63 - 1")
+
+
+def data_manifest(folder: Path) -> dict:
+    """The ``manifest.json`` of a ``geneman data render`` folder ({} for a plain image folder)."""
+    path = Path(folder) / "manifest.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it ({e}); render the data again") from None
+
+
+# --- the networks ---------------------------------------------------------------------------------
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def build_2d(init: str, size: int, seed: int) -> StableDiffusionSDS:
+    """The 2D prior's networks: ``tiny`` from scratch for ``size``-pixel images, or an SD diffusers folder."""
+    if init == "tiny":
+        from priors import tiny
+
+        vae = tiny.vae(seed, sample_size=size)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        unet = tiny.unet(4, seed, sample_size=size // scale)
+        text = PromptEncoder(tiny.tokenizer(), tiny.text_encoder(seed))
+        scheduler = tiny.scheduler()
+    else:
+        root = _weights_folder(init, ("vae", "text_encoder", "tokenizer", "scheduler", "unet"))
+        parts = load_sd_parts(root, root / "unet")
+        vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
+        text = PromptEncoder(parts["tokenizer"], parts["text_encoder"])
+    _frozen(vae), _frozen(text.text_encoder)
+    return StableDiffusionSDS(vae, unet.train(), text, scheduler)
+
+
+def build_3d(init: str, size: int, seed: int) -> Zero123SDS:
+    """The 3D prior's networks: ``tiny`` from scratch for ``size``-pixel images, or a Zero-1-to-3 diffusers folder."""
+    if init == "tiny":
+        from priors import tiny
+
+        vae = tiny.vae(seed, sample_size=size)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        parts = Zero123Parts(tiny.unet(8, seed, sample_size=size // scale), vae, tiny.image_encoder(seed),
+                             tiny.cc_projection(seed), tiny.scheduler())
+    else:
+        parts = Zero123Parts.from_pretrained(_weights_folder(init, ("unet", "vae", "image_encoder", "cc_projection",
+                                                                    "scheduler")))
+    _frozen(parts.vae), _frozen(parts.image_encoder)
+    parts.unet.train()
+    return Zero123SDS(parts)
+
+
+def _weights_folder(init: str, subfolders: tuple[str, ...]) -> Path:
+    root = Path(init)
+    missing = [s for s in subfolders if not (root / s).is_dir()]
+    if missing:
+        raise ValueError(f"{root}: --init must be `tiny` or a diffusers folder with {', '.join(subfolders)}; "
+                         f"missing {', '.join(missing)}")
+    return root
+
+
+class Zero123Net(torch.nn.Module):
+    """The trained part of the 3D prior as one module (the UNet and ``cc_projection``), so that one
+    DistributedDataParallel wraps both; its forward is :meth:`Zero123SDS.model_inputs` then the UNet."""
+
+    def __init__(self, prior: Zero123SDS):
+        super().__init__()
+        self.unet, self.cc_projection = prior.parts.unet, prior.parts.cc_projection
+        self._prior = [prior]  # not a submodule: the frozen encoders stay out of the optimiser and DDP
+
+    def forward(self, latents_noisy, t, c_crossattn, c_concat, camera, keep):
+        x, ctx = self._prior[0].model_inputs(latents_noisy, c_crossattn, c_concat, camera, keep)
+        return self.unet(x, t, encoder_hidden_states=ctx).sample
+
+
+def trainable(kind: str, prior) -> torch.nn.Module:
+    """The module the optimiser updates."""
+    return prior.unet if kind == "2d" else Zero123Net(prior)
+
+
+def save_weights(kind: str, prior, out: Path) -> None:
+    """Write the weights folder the run's priors load (2D: the SD layout with ``unet/``; 3D: the
+    Zero-1-to-3 diffusers layout), through a temporary folder so that a complete set replaces the old."""
+    from transformers.utils import logging as hf_logging
+
+    tmp = out / ".weights.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per saved file is noise in a training log
+    try:
+        if kind == "2d":
+            save_sd_parts(tmp, prior.vae, prior.text, prior.scheduler, prior.unet)
+        else:
+            prior.parts.save_pretrained(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    for sub in sorted(tmp.iterdir()):
+        shutil.rmtree(out / sub.name, ignore_errors=True)
+        sub.rename(out / sub.name)
+    tmp.rmdir()
+
+
+def use_line(kind: str, out: Path) -> str:
+    """The ``--set`` options that make a run load this output as its prior."""
+    out = Path(out).resolve()
+    if kind == "2d":
+        return f"--set priors.sd15={out} --set priors.geneman_repo={out} --set priors.prior_2d_subfolder=unet"
+    return f"--set priors.prior_3d_diffusers={out}"
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+class LossLog:
+    """Every step's loss, kept in checkpoints (so a resumed run's log is the uninterrupted one's)."""
+
+    def __init__(self, steps: int):
+        self.loss = torch.full((steps,), float("nan"))
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss.copy_(state["loss"])
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of every random number of ``step`` on process ``rank``."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _rows(n: int, main: int, general: int, ratio: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices into the human data and into the general data for a batch of ``n``."""
+    from_general = torch.rand(n, generator=g) < ratio if general else torch.zeros(n, dtype=torch.bool)
+    k = int(from_general.sum())
+    return torch.randint(main, (n - k,), generator=g), torch.randint(max(general, 1), (k,), generator=g)
+
+
+class Trainer:
+    """One training run of a prior.
+
+    Args:
+        cfg: the options.
+        data: the human data (a ``geneman data render`` folder; a plain image folder for 2D too).
+        out: the output folder (weights, ``train.json``, ``samples/``).
+        general: the general-data folder, or None.
+        accelerator: an ``accelerate.Accelerator`` (None: one made here; several processes come from the
+            launcher's environment).
+        command: the command line, recorded in ``train.json``.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: Path, out: Path, general: Path | None = None, accelerator=None,
+                 command: list[str] | None = None):
+        check_config(cfg, general is not None)
+        self.command = command or []
+        from accelerate import Accelerator
+
+        self.cfg, self.data, self.out, self.general = cfg, Path(data), Path(out), general
+        self.manifest = data_manifest(self.data)
+        self.size = cfg.size or int(self.manifest.get("size", 0)) or 64
+        reader = CaptionedImages if cfg.kind == "2d" else ViewPairs
+        self.dataset = reader(self.data, self.size)
+        self.general_set = reader(general, self.size) if general is not None else None
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.prior = (build_2d if cfg.kind == "2d" else build_3d)(cfg.init, self.size, cfg.seed)
+        self.model = trainable(cfg.kind, self.prior)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.losses = LossLog(cfg.steps)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+
+    def objects(self) -> dict[str, Any]:
+        """What a checkpoint holds."""
+        return {"model": self.model, "optimizer": self.optimizer, "losses": self.losses}
+
+    def loss(self, model, step: int) -> torch.Tensor:
+        """The loss of ``step`` on this process (module doc, steps 1-4)."""
+        cfg, g, dev = self.cfg, step_generator(self.cfg.seed, step, self.rank), self.accelerator.device
+        n_general = len(self.general_set) if self.general_set is not None else 0
+        main, extra = _rows(cfg.batch_size, len(self.dataset), n_general, cfg.general_ratio, g)
+        batches = [self.dataset.batch(main)] + ([self.general_set.batch(extra)] if len(extra) else [])
+        sched = self.prior.scheduler if cfg.kind == "2d" else self.prior.parts.scheduler
+        with torch.no_grad():
+            if cfg.kind == "2d":
+                images = torch.cat([b[0] for b in batches]).to(dev)
+                captions = [c for b in batches for c in b[1]]
+                latents = self.prior.encode_images(images, None, g)
+            else:
+                source, target, camera = (torch.cat([b[i] for b in batches]).to(dev) for i in range(3))
+                latents = self.prior.encode_images(target, None, g)
+                c_crossattn, c_concat = self.prior.condition(source)
+        noise = torch.randn(latents.shape, generator=g).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=g).to(dev)
+        keep = (torch.rand(len(latents), generator=g) >= cfg.uncond_prob).to(dev)
+        noisy = sched.add_noise(latents, noise, t)
+        if cfg.kind == "2d":
+            with torch.no_grad():
+                ctx = self.prior.text.encode([c if k else "" for c, k in zip(captions, keep.tolist())])
+            eps = model(noisy, t, encoder_hidden_states=ctx).sample
+        else:
+            eps = model(noisy, t, c_crossattn, c_concat, camera, keep)
+        return F.mse_loss(eps.float(), noise)
+
+    def run(self, ckpt: Checkpoint) -> dict:
+        """Train from the newest checkpoint in ``ckpt`` to ``cfg.steps``; write the weights, samples and
+        ``train.json`` (main process). Returns the summary written to ``train.json``."""
+        cfg, acc = self.cfg, self.accelerator
+        start = ckpt.resume(self.objects())
+        model, optimizer = acc.prepare(self.model, self.optimizer)
+        t0 = time.monotonic()
+        for step in range(start, cfg.steps):
+            loss = self.loss(model, step)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = acc.reduce(loss.detach(), reduction="mean") if self.world > 1 else loss.detach()
+            self.losses.loss[step] = float(value)
+            done = step + 1
+            if acc.is_main_process and cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps:
+                self.write_samples(done)
+            ckpt.step_done(done, {"mse": self.losses.loss[step]}, self.objects())
+        acc.wait_for_everyone()
+        summary = self.summary(start, time.monotonic() - t0)
+        if acc.is_main_process:
+            save_weights(cfg.kind, self.prior, self.out)
+            self.write_samples(cfg.steps)
+            atomic_write(self.out / TRAIN_JSON, (json.dumps(summary, indent=1) + "\n").encode())
+        acc.wait_for_everyone()
+        return summary
+
+    def summary(self, start: int, seconds: float) -> dict:
+        """What ``train.json`` records."""
+        import diffusers
+        import transformers
+
+        loss = self.losses.loss
+        first, last = loss[: min(20, len(loss))], loss[-min(20, len(loss)):]
+        return {"trainer": "training.train", "config": asdict(self.cfg), "learning_rate": self.cfg.learning_rate,
+                "size": self.size, "processes": self.world, "data": str(self.data), "general": str(self.general or ""),
+                "data_manifest": {k: v for k, v in self.manifest.items() if k != "subjects"},
+                "data_rows": len(self.dataset), "general_rows": len(self.general_set) if self.general_set else 0,
+                "resumed_at": start, "seconds_this_call": round(seconds, 2),
+                "loss_first_20": _mean(first), "loss_last_20": _mean(last),
+                "loss": [None if math.isnan(v) else round(v, 6) for v in loss.tolist()],
+                "libraries": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                              "transformers": transformers.__version__},
+                "use": use_line(self.cfg.kind, self.out), "command": self.command}
+
+    # --- samples ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path:
+        """``samples/step_XXXXXXXX.png``: 2D, four captions' samples; 3D, rows of source | sample | truth
+        for up to four pairs. DDIM, 20 steps, from a fixed seed (so steps compare); RNG-neutral."""
+        sched = self.prior.scheduler if self.cfg.kind == "2d" else self.prior.parts.scheduler
+        ddim = DDIMScheduler.from_config(sched.config)
+        ddim.set_timesteps(20)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        dev = self.accelerator.device
+        latent = self.size // self.prior_scale
+        if self.cfg.kind == "2d":
+            captions = list(dict.fromkeys(self.dataset.captions))[:4]
+            emb = self.prior.text.encode(captions + [""] * len(captions))
+            x = torch.randn((len(captions), 4, latent, latent), generator=g).to(dev)
+            for t in ddim.timesteps:
+                eps = self.prior.unet(torch.cat([x] * 2), t, encoder_hidden_states=emb).sample
+                c, u = eps.chunk(2)
+                x = ddim.step(u + 5.0 * (c - u), t, x).prev_sample
+            rows = [self.prior.decode_latents(x)]
+        else:
+            idx = torch.arange(min(4, len(self.dataset)))
+            source, target, camera = (v.to(dev) for v in self.dataset.batch(idx))
+            c_crossattn, c_concat = self.prior.condition(source)
+            n = len(idx)
+            keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
+            x = torch.randn((n, 4, latent, latent), generator=g).to(dev)
+            for t in ddim.timesteps:
+                xi, ctx = self.prior.model_inputs(torch.cat([x] * 2), c_crossattn.repeat(2, 1, 1),
+                                                  c_concat.repeat(2, 1, 1, 1), camera.repeat(2, 1, 1), keep)
+                u, c = self.prior.parts.unet(xi, t, encoder_hidden_states=ctx).sample.chunk(2)
+                x = ddim.step(u + 3.0 * (c - u), t, x).prev_sample
+            vae = self.prior.parts.vae
+            sample = (vae.decode(x / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
+            size = sample.shape[-1]
+            rows = [F.interpolate(v, (size, size), mode="area") for v in (source, sample, target)]
+        grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # [3, rows*S, cols*S]
+        image = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        path = self.out / "samples" / f"step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, png_bytes(np.asarray(Image.fromarray(image))))
+
+    @property
+    def prior_scale(self) -> int:
+        vae = self.prior.vae if self.cfg.kind == "2d" else self.prior.parts.vae
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    values = values[~torch.isnan(values)]
+    return round(float(values.mean()), 6) if len(values) else None
