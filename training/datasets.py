@@ -1,4 +1,5 @@
-"""The trainers' data: captioned images (2D prior) and view pairs with their relative camera (3D prior).
+"""The trainers' data: captioned images (2D prior, VAE), images with their normal images (ControlNet) and
+view pairs with their relative camera (3D prior).
 
 Both read the layouts ``geneman data render`` writes (:mod:`training.render`); the 2D reader also takes
 any image folder (a general-image set mixed in at a ratio): ``metadata.jsonl`` with ``file_name`` and
@@ -98,6 +99,31 @@ class CaptionedImages:
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """Images ``[B, 3, S, S]`` and captions of the rows ``index``."""
         return self.images[index], [self.captions[i] for i in index.tolist()]
+
+
+class ControlledImages(CaptionedImages):
+    """Captioned images and their condition images (the ControlNet's data): ``DATA/2d`` and, by the
+    same file names, ``DATA/<condition>`` (``normal``: the normal images ``geneman data render`` writes).
+
+    Args:
+        folder: a ``geneman data render`` output.
+        size: side the images are resized to.
+        condition: the folder of condition images beside ``2d/``.
+    """
+
+    def __init__(self, folder: str | Path, size: int, condition: str = "normal"):
+        super().__init__(folder, size)
+        root = Path(folder) / condition
+        if not root.is_dir():
+            raise _fail(Path(folder), f"holds no {condition}/ images beside 2d/; render the data again with "
+                                      "this version's `geneman data render`")
+        base = self.files[0].parents[1]
+        self.conditions = torch.stack([load_image(root / p.relative_to(base), size) for p in self.files])
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Images ``[B, 3, S, S]``, captions and condition images ``[B, 3, S, S]`` of the rows ``index``."""
+        images, captions = super().batch(index)
+        return images, captions, self.conditions[index]
 
 
 class ViewPairs:

@@ -12,6 +12,11 @@ from ``seed``, into the two layouts the trainers read:
 Each image is a ``full`` body view, or the paper's crop augmentation: ``upper`` (half body) or
 ``closeup``, made by moving the camera towards the top of the person's silhouette, as the stages'
 part cameras move closer; the caption names the crop and the side seen (front, side, back view).
+``DATA/normal/`` and ``DATA/depth/`` hold the same views as the images the stage-2 guidance and the
+ControlNet see (same ``metadata.jsonl`` rows and file names): camera-space normals as
+:func:`priors.adapted.normal_image` maps them and min-max depth with near bright
+(:func:`priors.adapted.depth_image`), black outside the person; the trainers read them as the
+normal- and depth-adapted models' data and as the ControlNet's conditions.
 
 ``DATA/3d/`` (the 3D prior, :func:`training.datasets.ViewPairs`): ``views/<subject>/00.png`` ... from
 orbit cameras at the reference distance and field of view (view 00 is the reference camera),
@@ -40,6 +45,7 @@ import torch
 from evaluation.framing import frame_subject, mask_box
 from evaluation.meshes import SUFFIXES, load_mesh
 from evaluation.truth import SubjectRenderer, to_uint8
+from priors.adapted import depth_image, normal_image
 from priors.prior_3d import relative_camera
 from stages.render.cameras import Cameras, focal_length, look_at, orbit_cameras
 from stages.render.export import atomic_write, png_bytes
@@ -53,6 +59,8 @@ CROPS = ("full", "upper", "closeup")
 CROP_FRACTION = {"full": 1.0, "upper": 0.55, "closeup": 0.25}
 """Fraction of the silhouette's height, from its top, that a crop's image spans."""
 CROP_WORDS = {"full": "full body", "upper": "upper body", "closeup": "close-up"}
+MAPS = ("normal", "depth")
+"""The 2D views' other images, each in a folder of its own beside ``2d/``."""
 
 
 @dataclass(frozen=True)
@@ -214,8 +222,17 @@ def _png(image: torch.Tensor) -> bytes:
     return png_bytes(to_uint8(image))
 
 
+def map_images(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A render's normal and depth images ``[B, H, W, 3]`` in [0, 1], as the stages hand them to the priors."""
+    mask = views["mask"].permute(0, 3, 1, 2)
+    normal = normal_image(views["normal"].permute(0, 3, 1, 2), mask)
+    depth = depth_image(views["depth"].permute(0, 3, 1, 2), mask)
+    return {"normal": normal.permute(0, 2, 3, 1), "depth": depth.permute(0, 2, 3, 1)}
+
+
 def render_subject(path: Path, cfg: RenderConfig, rng: np.random.Generator) -> dict:
-    """Render one mesh file: ``{"2d": [(png, crop, elevation, azimuth)], "3d": [(png, camera dict)]}``.
+    """Render one mesh file: ``{"2d": [(pngs by kind, crop, elevation, azimuth)], "3d": [(png, camera)]}``,
+    the kinds being ``rgb`` and :data:`MAPS`.
 
     Raises:
         ValueError: the file cannot be read or has no colour (one line naming it).
@@ -236,7 +253,9 @@ def render_subject(path: Path, cfg: RenderConfig, rng: np.random.Generator) -> d
                 crop = "full"
             else:
                 cam = crop_camera(cam, mask, CROP_FRACTION[crop])
-        out["2d"].append((_png(renderer(cam, s, s)["rgb"][0]), crop, elev, azim))
+        views = renderer(cam, s, s)
+        images = {"rgb": views["rgb"], **map_images(views)}
+        out["2d"].append(({k: _png(v[0]) for k, v in images.items()}, crop, elev, azim))
     if cfg.views_3d:
         elev = np.concatenate([[0.0], rng.uniform(lo, hi, cfg.views_3d - 1)])
         azim = np.concatenate([[0.0], rng.uniform(0.0, 360.0, cfg.views_3d - 1)])
@@ -294,9 +313,10 @@ def render_dataset(meshes: str | Path, out: str | Path, cfg: RenderConfig = Rend
             name = path.stem
             views = render_subject(path, cfg, rng)
             caption = captions.get(path.name, "a photo of a person")
-            for png, crop, elev, azim in views["2d"]:
+            for pngs, crop, elev, azim in views["2d"]:
                 file_name = f"images/{len(meta):06d}.png"
-                atomic_write(_made(work / "2d" / file_name), png)
+                for kind, png in pngs.items():
+                    atomic_write(_made(work / ("2d" if kind == "rgb" else kind) / file_name), png)
                 text = f"{caption}, {CROP_WORDS[crop]}, {side_word(azim)} view"
                 meta.append({"file_name": file_name, "text": text,
                              "subject": name, "crop": crop, "elevation": round(elev, 4), "azimuth": round(azim, 4)})
@@ -313,7 +333,8 @@ def render_dataset(meshes: str | Path, out: str | Path, cfg: RenderConfig = Rend
             if progress is not None:
                 progress(i + 1)
         if meta:
-            atomic_write(work / "2d" / "metadata.jsonl", _jsonl(meta))
+            for folder in ("2d", *MAPS):
+                atomic_write(work / folder / "metadata.jsonl", _jsonl(meta))
         if pairs:
             atomic_write(work / "3d" / "pairs.jsonl", _jsonl(pairs))
         manifest = {"generator": "training.render", "format": FORMAT, "seed": cfg.seed, "size": cfg.size,

@@ -42,13 +42,16 @@ from priors.text import PromptEncoder
 from priors.zero123_parts import Zero123Parts
 from stages.loop import Checkpoint
 from stages.render.export import atomic_write, png_bytes
-from training.datasets import CaptionedImages, ViewPairs
+from training.datasets import CaptionedImages, ControlledImages, ViewPairs
 
 log = logging.getLogger("geneman")
 
-KINDS = ("2d", "3d")
-DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4}
-"""The paper's AdamW learning rates: 2D prior 1e-5, 3D prior 1e-4."""
+KINDS = ("2d", "3d", "vae", "controlnet")
+DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4, "vae": 1e-4, "controlnet": 1e-5}
+"""AdamW learning rates: the paper's for the priors (2D 1e-5, 3D 1e-4), diffusers' example scripts' order
+for the VAE and the ControlNet."""
+KL_WEIGHT = 1e-6
+"""Weight of the VAE's KL term (per-image sum over the latent), SD's autoencoder recipe."""
 TRAIN_JSON = "train.json"
 """Beside the weights: the config, the data's manifest, the loss log, timings, library versions."""
 
@@ -58,7 +61,7 @@ class TrainConfig:
     """One training run (the ``geneman prior train-2d|train-3d`` options)."""
 
     kind: str
-    """``2d`` or ``3d``."""
+    """``2d``, ``3d``, ``vae`` or ``controlnet`` (:data:`KINDS`)."""
     steps: int = 1000
     """Optimisation steps."""
     batch_size: int = 8
@@ -75,7 +78,11 @@ class TrainConfig:
     """Probability that a row comes from the general-data set (needs one)."""
     init: str = "tiny"
     """``tiny`` (from scratch, :mod:`priors.tiny`'s architecture at the data's size) or a folder of
-    weights to fine-tune (2D: an SD 1.5 diffusers folder; 3D: a Zero-1-to-3 diffusers folder)."""
+    weights to fine-tune (2D: an SD 1.5 diffusers folder; 3D: a Zero-1-to-3 diffusers folder; VAE: an SD
+    folder; ControlNet: the 2D prior it steers, an SD folder with ``unet/``, required)."""
+    base: str = ""
+    """With ``init`` tiny: an SD-layout folder (a ``train-vae`` output) whose VAE, text encoder, tokenizer
+    and scheduler are used, frozen, instead of new random ones (the 3D prior takes its VAE)."""
     size: int = 0
     """Image side trained at; 0: the data's (its manifest's ``size``)."""
     save_every: int = 100
@@ -93,7 +100,12 @@ class TrainConfig:
 def check_config(cfg: TrainConfig, has_general: bool) -> None:
     """``ValueError`` (one line) for options that cannot work."""
     if cfg.kind not in KINDS:
-        raise ValueError(f"kind {cfg.kind!r}: expected 2d or 3d")
+        raise ValueError(f"kind {cfg.kind!r}: expected one of {', '.join(KINDS)}")
+    if cfg.kind == "controlnet" and cfg.init == "tiny":
+        raise ValueError("train-controlnet needs --init PRIOR_2D: the 2D prior it steers (a train-2d output or "
+                         "an SD 1.5 folder with unet/)")
+    if cfg.base and cfg.init != "tiny":
+        raise ValueError(f"--base {cfg.base} goes with --init tiny only (a fine-tuned folder brings its own VAE)")
     for name in ("steps", "batch_size", "save_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
@@ -127,16 +139,32 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
-def build_2d(init: str, size: int, seed: int) -> StableDiffusionSDS:
-    """The 2D prior's networks: ``tiny`` from scratch for ``size``-pixel images, or an SD diffusers folder."""
+def _vae_scale(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def base_parts(base: str, size: int, seed: int) -> dict:
+    """The frozen SD parts of a from-scratch prior: new tiny ones for ``size``-pixel images, or those of
+    the SD-layout folder ``base``: ``{"vae", "text", "scheduler"}``."""
+    from priors import tiny
+
+    if not base:
+        return {"vae": tiny.vae(seed, sample_size=size), "scheduler": tiny.scheduler(),
+                "text": PromptEncoder(tiny.tokenizer(), tiny.text_encoder(seed))}
+    parts = load_sd_parts(_weights_folder(base, ("vae", "text_encoder", "tokenizer", "scheduler"), "--base"))
+    return {"vae": parts["vae"], "scheduler": parts["scheduler"],
+            "text": PromptEncoder(parts["tokenizer"], parts["text_encoder"])}
+
+
+def build_2d(init: str, size: int, seed: int, base: str = "") -> StableDiffusionSDS:
+    """The 2D prior's networks: ``tiny`` from scratch for ``size``-pixel images (frozen parts from
+    ``base`` when given), or an SD diffusers folder."""
     if init == "tiny":
         from priors import tiny
 
-        vae = tiny.vae(seed, sample_size=size)
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        unet = tiny.unet(4, seed, sample_size=size // scale)
-        text = PromptEncoder(tiny.tokenizer(), tiny.text_encoder(seed))
-        scheduler = tiny.scheduler()
+        frozen = base_parts(base, size, seed)
+        vae, text, scheduler = frozen["vae"], frozen["text"], frozen["scheduler"]
+        unet = tiny.unet(4, seed, sample_size=size // _vae_scale(vae))
     else:
         root = _weights_folder(init, ("vae", "text_encoder", "tokenizer", "scheduler", "unet"))
         parts = load_sd_parts(root, root / "unet")
@@ -146,15 +174,16 @@ def build_2d(init: str, size: int, seed: int) -> StableDiffusionSDS:
     return StableDiffusionSDS(vae, unet.train(), text, scheduler)
 
 
-def build_3d(init: str, size: int, seed: int) -> Zero123SDS:
-    """The 3D prior's networks: ``tiny`` from scratch for ``size``-pixel images, or a Zero-1-to-3 diffusers folder."""
+def build_3d(init: str, size: int, seed: int, base: str = "") -> Zero123SDS:
+    """The 3D prior's networks: ``tiny`` from scratch for ``size``-pixel images (the VAE and scheduler
+    from ``base`` when given), or a Zero-1-to-3 diffusers folder."""
     if init == "tiny":
         from priors import tiny
 
-        vae = tiny.vae(seed, sample_size=size)
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        parts = Zero123Parts(tiny.unet(8, seed, sample_size=size // scale), vae, tiny.image_encoder(seed),
-                             tiny.cc_projection(seed), tiny.scheduler())
+        frozen = base_parts(base, size, seed)
+        vae = frozen["vae"]
+        parts = Zero123Parts(tiny.unet(8, seed, sample_size=size // _vae_scale(vae)), vae, tiny.image_encoder(seed),
+                             tiny.cc_projection(seed), frozen["scheduler"])
     else:
         parts = Zero123Parts.from_pretrained(_weights_folder(init, ("unet", "vae", "image_encoder", "cc_projection",
                                                                     "scheduler")))
@@ -163,11 +192,49 @@ def build_3d(init: str, size: int, seed: int) -> Zero123SDS:
     return Zero123SDS(parts)
 
 
-def _weights_folder(init: str, subfolders: tuple[str, ...]) -> Path:
+class VAEBuild:
+    """The autoencoder being trained, with the text encoder, tokenizer and scheduler saved beside it
+    (the output is a whole SD-layout base for the other trainers' ``--base`` and a run's ``priors.sd15``)."""
+
+    def __init__(self, init: str, size: int, seed: int):
+        from diffusers import AutoencoderKL
+
+        frozen = base_parts("" if init == "tiny" else init, size, seed)
+        if init != "tiny":
+            frozen["vae"] = AutoencoderKL.from_pretrained(Path(init) / "vae", local_files_only=True)
+        self.vae, self.text, self.scheduler = frozen["vae"].train(), frozen["text"], frozen["scheduler"]
+        _frozen(self.text.text_encoder)
+
+
+def build_vae(init: str, size: int, seed: int, base: str = "") -> VAEBuild:
+    """The VAE trainer's networks (``init`` tiny: a new :func:`priors.tiny.vae` for ``size``-pixel images)."""
+    return VAEBuild(init, size, seed)
+
+
+def build_controlnet(init: str, size: int, seed: int, base: str = "") -> StableDiffusionSDS:
+    """The ControlNet trainer's networks: the 2D prior of folder ``init``, frozen, and a ControlNet made
+    from its UNet (diffusers' ``ControlNetModel.from_unet``: the UNet's encoder copied, zero output
+    convolutions), its conditioning embedding downsampling as the VAE does; ``prior.controlnet``."""
+    from diffusers import ControlNetModel
+
+    prior = build_2d(init, size, seed)
+    _frozen(prior.unet)
+    steps = int(math.log2(_vae_scale(prior.vae)))
+    channels = (16, 32, 96, 256)[: steps + 1]
+    torch.manual_seed(seed)
+    prior.controlnet = ControlNetModel.from_unet(prior.unet, conditioning_embedding_out_channels=channels).train()
+    return prior
+
+
+BUILDERS = {"2d": build_2d, "3d": build_3d, "vae": build_vae, "controlnet": build_controlnet}
+
+
+def _weights_folder(init: str, subfolders: tuple[str, ...], option: str = "--init") -> Path:
     root = Path(init)
     missing = [s for s in subfolders if not (root / s).is_dir()]
     if missing:
-        raise ValueError(f"{root}: --init must be `tiny` or a diffusers folder with {', '.join(subfolders)}; "
+        what = "`tiny` or a diffusers folder" if option == "--init" else "a diffusers folder"
+        raise ValueError(f"{root}: {option} must be {what} with {', '.join(subfolders)}; "
                          f"missing {', '.join(missing)}")
     return root
 
@@ -186,9 +253,39 @@ class Zero123Net(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=ctx).sample
 
 
+class VAENet(torch.nn.Module):
+    """The autoencoder's training forward: images in [0, 1] and the posterior's noise -> (reconstruction
+    in [-1, 1], KL per image), one module for DistributedDataParallel."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images, noise):
+        posterior = self.vae.encode(images * 2 - 1).latent_dist
+        z = posterior.mean + posterior.std * noise
+        return self.vae.decode(z).sample, posterior.kl()
+
+
+class ControlNetNet(torch.nn.Module):
+    """The ControlNet with the frozen UNet it steers (not a submodule: out of the optimiser and DDP)."""
+
+    def __init__(self, prior: StableDiffusionSDS):
+        super().__init__()
+        self.controlnet = prior.controlnet
+        self._unet = [prior.unet]
+
+    def forward(self, latents_noisy, t, ctx, control):
+        down, mid = self.controlnet(latents_noisy, t, encoder_hidden_states=ctx, controlnet_cond=control,
+                                    return_dict=False)
+        return self._unet[0](latents_noisy, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid).sample
+
+
 def trainable(kind: str, prior) -> torch.nn.Module:
     """The module the optimiser updates."""
-    return prior.unet if kind == "2d" else Zero123Net(prior)
+    return {"2d": lambda: prior.unet, "3d": lambda: Zero123Net(prior), "vae": lambda: VAENet(prior.vae),
+            "controlnet": lambda: ControlNetNet(prior)}[kind]()
 
 
 def save_weights(kind: str, prior, out: Path) -> None:
@@ -203,6 +300,10 @@ def save_weights(kind: str, prior, out: Path) -> None:
     try:
         if kind == "2d":
             save_sd_parts(tmp, prior.vae, prior.text, prior.scheduler, prior.unet)
+        elif kind == "vae":
+            save_sd_parts(tmp, prior.vae, prior.text, prior.scheduler, None)
+        elif kind == "controlnet":
+            prior.controlnet.save_pretrained(tmp / "controlnet")
         else:
             prior.parts.save_pretrained(tmp)
     finally:
@@ -219,6 +320,10 @@ def use_line(kind: str, out: Path) -> str:
     out = Path(out).resolve()
     if kind == "2d":
         return f"--set priors.sd15={out} --set priors.geneman_repo={out} --set priors.prior_2d_subfolder=unet"
+    if kind == "vae":
+        return f"--set priors.sd15={out} (or --base {out} of train-2d / train-3d)"
+    if kind == "controlnet":
+        return f"--set priors.controlnet_normal={out / 'controlnet'}"
     return f"--set priors.prior_3d_diffusers={out}"
 
 
@@ -272,11 +377,12 @@ class Trainer:
         self.cfg, self.data, self.out, self.general = cfg, Path(data), Path(out), general
         self.manifest = data_manifest(self.data)
         self.size = cfg.size or int(self.manifest.get("size", 0)) or 64
-        reader = CaptionedImages if cfg.kind == "2d" else ViewPairs
+        reader = {"2d": CaptionedImages, "vae": CaptionedImages, "3d": ViewPairs,
+                  "controlnet": ControlledImages}[cfg.kind]
         self.dataset = reader(self.data, self.size)
         self.general_set = reader(general, self.size) if general is not None else None
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-        self.prior = (build_2d if cfg.kind == "2d" else build_3d)(cfg.init, self.size, cfg.seed)
+        self.prior = BUILDERS[cfg.kind](cfg.init, self.size, cfg.seed, cfg.base)
         self.model = trainable(cfg.kind, self.prior)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -293,9 +399,15 @@ class Trainer:
         n_general = len(self.general_set) if self.general_set is not None else 0
         main, extra = _rows(cfg.batch_size, len(self.dataset), n_general, cfg.general_ratio, g)
         batches = [self.dataset.batch(main)] + ([self.general_set.batch(extra)] if len(extra) else [])
-        sched = self.prior.scheduler if cfg.kind == "2d" else self.prior.parts.scheduler
+        if cfg.kind == "vae":
+            images = torch.cat([b[0] for b in batches]).to(dev)
+            latent = self.size // self.prior_scale
+            noise = torch.randn((len(images), self.prior.vae.config.latent_channels, latent, latent), generator=g)
+            recon, kl = model(images, noise.to(dev))
+            return F.mse_loss(recon.float(), images * 2 - 1) + KL_WEIGHT * kl.mean()
+        sched = self.prior.parts.scheduler if cfg.kind == "3d" else self.prior.scheduler
         with torch.no_grad():
-            if cfg.kind == "2d":
+            if cfg.kind in ("2d", "controlnet"):
                 images = torch.cat([b[0] for b in batches]).to(dev)
                 captions = [c for b in batches for c in b[1]]
                 latents = self.prior.encode_images(images, None, g)
@@ -307,10 +419,13 @@ class Trainer:
         t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=g).to(dev)
         keep = (torch.rand(len(latents), generator=g) >= cfg.uncond_prob).to(dev)
         noisy = sched.add_noise(latents, noise, t)
-        if cfg.kind == "2d":
+        if cfg.kind in ("2d", "controlnet"):
             with torch.no_grad():
                 ctx = self.prior.text.encode([c if k else "" for c, k in zip(captions, keep.tolist())])
-            eps = model(noisy, t, encoder_hidden_states=ctx).sample
+            if cfg.kind == "2d":
+                eps = model(noisy, t, encoder_hidden_states=ctx).sample
+            else:
+                eps = model(noisy, t, ctx, torch.cat([b[2] for b in batches]).to(dev))
         else:
             eps = model(noisy, t, c_crossattn, c_concat, camera, keep)
         return F.mse_loss(eps.float(), noise)
@@ -335,6 +450,8 @@ class Trainer:
                 self.write_samples(done)
             ckpt.step_done(done, {"mse": self.losses.loss[step]}, self.objects())
         acc.wait_for_everyone()
+        if cfg.kind == "vae":
+            self.set_latent_scale()
         summary = self.summary(start, time.monotonic() - t0)
         if acc.is_main_process:
             save_weights(cfg.kind, self.prior, self.out)
@@ -342,6 +459,20 @@ class Trainer:
             atomic_write(self.out / TRAIN_JSON, (json.dumps(summary, indent=1) + "\n").encode())
         acc.wait_for_everyone()
         return summary
+
+    @torch.no_grad()
+    def set_latent_scale(self, rows: int = 256) -> float:
+        """Set the VAE's ``scaling_factor`` to 1 / std of the posterior samples of up to ``rows`` data
+        images (how SD's 0.18215 was chosen), so that scaled latents have unit variance as the
+        diffusion schedules assume. Deterministic: fixed rows, a generator from the seed."""
+        vae, g = self.prior.vae.eval(), torch.Generator().manual_seed(self.cfg.seed)
+        images = self.dataset.batch(torch.arange(min(rows, len(self.dataset))))[0].to(self.accelerator.device)
+        posterior = vae.encode(images * 2 - 1).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(posterior.mean)
+        scale = round(1.0 / float(z.float().std()), 5)
+        vae.register_to_config(scaling_factor=scale)
+        self.latent_scale = scale
+        return scale
 
     def summary(self, start: int, seconds: float) -> dict:
         """What ``train.json`` records."""
@@ -359,7 +490,8 @@ class Trainer:
                 "loss": [None if math.isnan(v) else round(v, 6) for v in loss.tolist()],
                 "libraries": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                               "transformers": transformers.__version__},
-                "use": use_line(self.cfg.kind, self.out), "command": self.command}
+                "use": use_line(self.cfg.kind, self.out), "command": self.command,
+                **({"scaling_factor": self.latent_scale} if self.cfg.kind == "vae" else {})}
 
     # --- samples ----------------------------------------------------------------------------------
 
@@ -367,7 +499,12 @@ class Trainer:
     def write_samples(self, step: int) -> Path:
         """``samples/step_XXXXXXXX.png``: 2D, four captions' samples; 3D, rows of source | sample | truth
         for up to four pairs. DDIM, 20 steps, from a fixed seed (so steps compare); RNG-neutral."""
-        sched = self.prior.scheduler if self.cfg.kind == "2d" else self.prior.parts.scheduler
+        if self.cfg.kind == "vae":
+            images = self.dataset.batch(torch.arange(min(8, len(self.dataset))))[0].to(self.accelerator.device)
+            vae = self.prior.vae
+            recon = (vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample * 0.5 + 0.5).clamp(0, 1)
+            return self._write_grid([images, recon], step)
+        sched = self.prior.parts.scheduler if self.cfg.kind == "3d" else self.prior.scheduler
         ddim = DDIMScheduler.from_config(sched.config)
         ddim.set_timesteps(20)
         g = torch.Generator().manual_seed(self.cfg.seed)
@@ -382,22 +519,26 @@ class Trainer:
                 c, u = eps.chunk(2)
                 x = ddim.step(u + 5.0 * (c - u), t, x).prev_sample
             rows = [self.prior.decode_latents(x)]
+        elif self.cfg.kind == "controlnet":
+            idx = torch.arange(min(4, len(self.dataset)))
+            truth, captions, control = self.dataset.batch(idx)
+            emb = self.prior.text.encode(list(captions) + [""] * len(captions))
+            control = torch.cat([control.to(dev)] * 2)
+            net = ControlNetNet(self.prior)
+            x = torch.randn((len(idx), 4, latent, latent), generator=g).to(dev)
+            for t in ddim.timesteps:
+                c, u = net(torch.cat([x] * 2), t, emb, control).chunk(2)
+                x = ddim.step(u + 5.0 * (c - u), t, x).prev_sample
+            rows = [control[: len(idx)], self.prior.decode_latents(x), truth.to(dev)]
         else:
             idx = torch.arange(min(4, len(self.dataset)))
             source, target, camera = (v.to(dev) for v in self.dataset.batch(idx))
-            c_crossattn, c_concat = self.prior.condition(source)
-            n = len(idx)
-            keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
-            x = torch.randn((n, 4, latent, latent), generator=g).to(dev)
-            for t in ddim.timesteps:
-                xi, ctx = self.prior.model_inputs(torch.cat([x] * 2), c_crossattn.repeat(2, 1, 1),
-                                                  c_concat.repeat(2, 1, 1, 1), camera.repeat(2, 1, 1), keep)
-                u, c = self.prior.parts.unet(xi, t, encoder_hidden_states=ctx).sample.chunk(2)
-                x = ddim.step(u + 3.0 * (c - u), t, x).prev_sample
-            vae = self.prior.parts.vae
-            sample = (vae.decode(x / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
+            sample = novel_views(self.prior, source, camera, g, steps=20)
             size = sample.shape[-1]
             rows = [F.interpolate(v, (size, size), mode="area") for v in (source, sample, target)]
+        return self._write_grid(rows, step)
+
+    def _write_grid(self, rows: list[torch.Tensor], step: int) -> Path:
         grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # [3, rows*S, cols*S]
         image = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         path = self.out / "samples" / f"step_{step:08d}.png"
@@ -406,8 +547,28 @@ class Trainer:
 
     @property
     def prior_scale(self) -> int:
-        vae = self.prior.vae if self.cfg.kind == "2d" else self.prior.parts.vae
-        return 2 ** (len(vae.config.block_out_channels) - 1)
+        return _vae_scale(self.prior.parts.vae if self.cfg.kind == "3d" else self.prior.vae)
+
+
+@torch.no_grad()
+def novel_views(prior: Zero123SDS, source: torch.Tensor, camera: torch.Tensor, generator: torch.Generator,
+                steps: int = 50, guidance_scale: float = 3.0) -> torch.Tensor:
+    """Zero-1-to-3 sampling: DDIM ``steps`` from noise drawn from ``generator``, classifier-free guidance
+    (u + s (c - u)), of the views of ``source`` [B, 3, S, S] (in [0, 1]) at the relative ``camera``
+    [B, 1, 4]: [B, 3, S', S'] in [0, 1] at the prior's native size."""
+    ddim = DDIMScheduler.from_config(prior.parts.scheduler.config)
+    ddim.set_timesteps(steps)
+    c_crossattn, c_concat = prior.condition(source)
+    n, dev, vae = len(source), source.device, prior.parts.vae
+    keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
+    latent = prior.parts.unet.config.sample_size
+    x = torch.randn((n, 4, latent, latent), generator=generator).to(dev)
+    for t in ddim.timesteps:
+        xi, ctx = prior.model_inputs(torch.cat([x] * 2), c_crossattn.repeat(2, 1, 1), c_concat.repeat(2, 1, 1, 1),
+                                     camera.repeat(2, 1, 1), keep)
+        u, c = prior.parts.unet(xi, t, encoder_hidden_states=ctx).sample.chunk(2)
+        x = ddim.step(u + guidance_scale * (c - u), t, x).prev_sample
+    return (vae.decode(x / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
 
 
 def _mean(values: torch.Tensor) -> float | None:

@@ -51,10 +51,14 @@ def add_parsers(sub) -> None:
     re.add_argument("--seed", type=int, default=0, metavar="S", help="seed of cameras and crops (default: %(default)s)")
     common(re)
 
-    prior = sub.add_parser("prior", help="train the 2D or the 3D prior on rendered data")
+    prior = sub.add_parser("prior", help="train the 2D or 3D prior, a VAE or a ControlNet on rendered data")
     kinds = prior.add_subparsers(dest="prior_command", required=True)
     for kind, arch, lr in (("2d", "an SD-architecture UNet on DATA/2d's captioned images", "1e-5"),
-                           ("3d", "the Zero-1-to-3 architecture on DATA/3d's view pairs", "1e-4")):
+                           ("3d", "the Zero-1-to-3 architecture on DATA/3d's view pairs", "1e-4"),
+                           ("vae", "the KL autoencoder (with a text encoder and scheduler beside it: a whole SD base) "
+                                   "on DATA/2d's images", "1e-4"),
+                           ("controlnet", "a normal-map ControlNet for the 2D prior --init on DATA/2d's images "
+                                          "under DATA/normal's", "1e-5")):
         p = kinds.add_parser(f"train-{kind}", help=f"train {arch}",
                              description=f"Train {arch} (epsilon objective, AdamW, classifier-free condition "
                                          "drop). Rerunning with the same OUT resumes from its newest checkpoint; "
@@ -63,9 +67,17 @@ def add_parsers(sub) -> None:
         p.add_argument("data", type=Path, metavar="DATA", help="a `geneman data render` output"
                        + (" (or a folder of images with metadata.jsonl)" if kind == "2d" else ""))
         p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
-        p.add_argument("--init", default="tiny",
-                       help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder to "
-                            "fine-tune (" + ("SD 1.5 layout" if kind == "2d" else "Zero-1-to-3 layout") + ")")
+        if kind == "controlnet":
+            p.add_argument("--init", required=True, metavar="PRIOR_2D",
+                           help="the 2D prior it steers (a train-2d output or an SD 1.5 folder with unet/), frozen")
+        else:
+            p.add_argument("--init", default="tiny",
+                           help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder "
+                                "to fine-tune (" + ("Zero-1-to-3 layout" if kind == "3d" else "SD 1.5 layout") + ")")
+        if kind in ("2d", "3d"):
+            p.add_argument("--base", default="", metavar="DIR",
+                           help="with --init tiny: the frozen VAE, text encoder and scheduler of this SD folder "
+                                "(a train-vae output) instead of new random ones")
         p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default: %(default)s)")
         p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
         p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: the paper's {lr})")
@@ -73,7 +85,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--uncond-prob", type=float, default=0.1,
                        help="probability of dropping the condition (default: %(default)s)")
         p.add_argument("--general", type=Path, metavar="DIR",
-                       help="general data mixed in (" + ("an image folder" if kind == "2d" else
+                       help="general data mixed in (" + ("an image folder" if kind in ("2d", "vae") else
                                                          "a `geneman data render` output of other objects") + ")")
         p.add_argument("--general-ratio", type=float, default=0.0, metavar="R",
                        help="probability that a row is general data (default: %(default)s)")
@@ -136,7 +148,8 @@ def _config(args):
 
     return TrainConfig(kind=args.prior_command.split("-")[1], steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, uncond_prob=args.uncond_prob, general_ratio=args.general_ratio,
-                       init=args.init, size=args.size, save_every=args.save_every, sample_every=args.sample_every,
+                       init=args.init, base=getattr(args, "base", ""), size=args.size, save_every=args.save_every,
+                       sample_every=args.sample_every,
                        seed=args.seed)
 
 
@@ -189,7 +202,8 @@ def cmd_prior(args) -> int:
         finally:
             progress.close()
     if main:
-        print(f"trained the {cfg.kind} prior for {cfg.steps} steps: loss {summary['loss_first_20']} (first 20) -> "
+        what = f"the {cfg.kind} prior" if cfg.kind in ("2d", "3d") else f"the {cfg.kind}"
+        print(f"trained {what} for {cfg.steps} steps: loss {summary['loss_first_20']} (first 20) -> "
               f"{summary['loss_last_20']} (last 20); weights in {args.out}; use it with {summary['use']}")
     return 0
 

@@ -51,9 +51,11 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
-@pytest.mark.parametrize("kind", ["2d", "3d"])
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(kind, data, tmp_path):
-    trainer = Trainer(TrainConfig(kind, steps=30, batch_size=8, lr=1e-3, save_every=100), data, tmp_path / "o")
+@pytest.mark.parametrize("kind", ["2d", "3d", "vae", "controlnet"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(kind, data, trained, tmp_path):
+    init = str(trained["2d"]) if kind == "controlnet" else "tiny"
+    trainer = Trainer(TrainConfig(kind, steps=30, batch_size=8, lr=1e-3, save_every=100, init=init), data,
+                      tmp_path / "o")
     probe = 10 ** 6  # a step number training never reaches: its batch, noise and timesteps are fixed
 
     def fixed_loss() -> float:
@@ -67,6 +69,46 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(kind, data, tmp_path):
     assert after < 0.8 * before, (before, after)
     assert summary["loss_last_20"] < summary["loss_first_20"]
     assert (tmp_path / "o" / "train.json").is_file() and (tmp_path / "o" / "samples" / "step_00000030.png").is_file()
+
+
+def test_a_vae_output_is_the_base_of_the_other_trainers(data, trained, tmp_path):
+    """train-vae writes a whole SD base whose latent scale makes the data's latents unit-variance;
+    train-2d --base and train-3d --base take its frozen parts as they are; a ControlNet output loads
+    as the run's ControlNet and steers the 2D prior."""
+    from diffusers import AutoencoderKL, ControlNetModel
+
+    vae_out = tmp_path / "vae"
+    assert _train("vae", data, vae_out, "--steps", "20", "--batch-size", "8", "--lr", "1e-3") == 0
+    assert sorted(p.name for p in vae_out.iterdir() if p.is_dir()) == ["ckpt", "samples", "scheduler",
+                                                                       "text_encoder", "tokenizer", "vae"]
+    log = json.loads((vae_out / "train.json").read_text())
+    vae = AutoencoderKL.from_pretrained(vae_out / "vae")
+    assert vae.config.scaling_factor == log["scaling_factor"] != 0.18215
+    from training.datasets import CaptionedImages
+
+    images = CaptionedImages(data, 32).images[:16]
+    with torch.no_grad():
+        z = vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+    assert 0.8 < float(z.std()) < 1.25
+    for kind in ("2d", "3d"):
+        out = tmp_path / f"on_base_{kind}"
+        assert _train(kind, data, out, "--steps", "1", "--batch-size", "2", "--base", str(vae_out)) == 0
+        assert _weights(out)["vae/diffusion_pytorch_model.safetensors"] == _weights(vae_out)[
+            "vae/diffusion_pytorch_model.safetensors"]
+    cn = tmp_path / "cn"
+    assert _train("controlnet", data, cn, "--steps", "2", "--batch-size", "2", "--init", str(trained["2d"])) == 0
+    use = json.loads((cn / "train.json").read_text())["use"]
+    assert use == f"--set priors.controlnet_normal={cn.resolve()}/controlnet"
+    model = ControlNetModel.from_pretrained(cn / "controlnet")
+    assert list(model.config.conditioning_embedding_out_channels) == [16, 32]  # downsamples 2, as the tiny VAE
+    from priors.sdedit import ControlNetSDEdit
+
+    cfg = Config(normal_aligned=str(trained["2d"]), geneman_repo=str(trained["2d"]), prior_2d_subfolder="unet",
+                 controlnet_normal=str(cn / "controlnet"))
+    edit = ControlNetSDEdit.from_pretrained(cfg, "cpu")
+    out = edit(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), edit.embed("a person"), 0.5, 10, 3.0, 1.0, None,
+               torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
 def test_step_generator_depends_on_seed_step_and_process():
@@ -172,6 +214,14 @@ def test_bad_data_and_options_get_one_line_errors(data, trained, tmp_path, capsy
     assert code == 2 and "needs a general-data folder" in err
     code, err = _err(capsys, "2d", data, "-o", tmp_path / "o", "--init", tmp_path / "empty")
     assert code == 2 and "--init must be `tiny` or a diffusers folder" in err
+    code, err = _err(capsys, "controlnet", data, "-o", tmp_path / "o", "--init", "tiny")
+    assert code == 2 and "train-controlnet needs --init PRIOR_2D" in err
+    shutil.copyfile(data / "2d" / "metadata.jsonl", broken / "2d" / "metadata.jsonl")
+    shutil.rmtree(broken / "normal")
+    code, err = _err(capsys, "controlnet", broken, "-o", tmp_path / "o", "--init", trained["2d"])
+    assert code == 2 and "holds no normal/ images beside 2d/" in err
+    code, err = _err(capsys, "2d", data, "-o", tmp_path / "o", "--base", tmp_path / "empty")
+    assert code == 2 and "--base must be a diffusers folder with vae, text_encoder" in err
     before = _weights(trained["3d"])
     code, err = _err(capsys, "3d", data, "-o", trained["3d"], "--steps", "5", "--batch-size", "2", "--save-every", "2")
     assert code == 2 and "other options (steps 4 -> 5)" in err and _weights(trained["3d"]) == before
