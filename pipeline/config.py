@@ -23,11 +23,12 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.errors import ConfigError
 from pipeline.run import preprocess
 from priors import config as priors_config
+from priors.weights import BUNDLED, inside_bundle
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.final import FORMATS, ExportConfig, check_formats
 from stages.schedule import Ramp
 
-PRESETS = ("paper", "release", "cpu")
+PRESETS = ("paper", "release", "cpu", "demo")
 MAX_CONFIG_BYTES = 1 << 20
 """A config file (or run folder's config.yaml) larger than this is refused."""
 INVOCATION_ONLY = {"priors.trust_prior_3d_pickle": "--trust-prior-3d-pickle", "priors.trust_weights": "--trust-weights"}
@@ -211,7 +212,9 @@ def load_config(preset: str | None = "release", config_file: str | Path | None =
     """Build the run config: schema defaults < preset < ``config_file`` < ``sets``.
 
     ``run_folder_config``: ``config_file`` is a run folder's config.yaml, whose weight locations
-    (:data:`WEIGHT_LOCATIONS`) are not trusted: they are dropped (the defaults, or ``sets``, apply).
+    (:data:`WEIGHT_LOCATIONS`) are not trusted: they are dropped (the defaults, or ``sets``, apply),
+    except under ``priors.weights_dir: "@bundled"`` (the ``demo`` preset's priors, shipped with geneman),
+    where those that can only name a folder inside the bundle (relative, no ``..``) are kept.
 
     Raises:
         ConfigError: unknown preset, unreadable file, unknown key (with the nearest valid one),
@@ -226,7 +229,10 @@ def load_config(preset: str | None = "release", config_file: str | Path | None =
     if config_file:
         data = _read_yaml(Path(config_file))
         if run_folder_config and isinstance(data.get("priors"), dict):
-            data["priors"] = {k: v for k, v in data["priors"].items() if k not in WEIGHT_LOCATIONS}
+            stored = data["priors"]
+            bundled = stored.get("weights_dir") == BUNDLED  # the package's own priors: locations inside it kept
+            data["priors"] = {k: v for k, v in stored.items() if k not in WEIGHT_LOCATIONS
+                              or (bundled and isinstance(v, str) and inside_bundle(v))}
         layers.append((data, str(config_file)))
     if sets:
         layers.append((_parse_sets(sets), "--set"))

@@ -271,11 +271,29 @@ def required_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGES,
     return [specs[k] for k in keys]
 
 
+BUNDLED = "@bundled"
+"""``priors.weights_dir`` naming the tiny priors that ship with geneman (:data:`BUNDLED_DIR`, made by
+``make priors``; the ``demo`` preset uses them)."""
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+"""Folder of the bundled tiny priors (package data)."""
+
+
+def weights_root(cfg: Config) -> Path:
+    """The folder ``cfg.weights_dir`` names (:data:`BUNDLED` is :data:`BUNDLED_DIR`)."""
+    return BUNDLED_DIR if cfg.weights_dir == BUNDLED else Path(cfg.weights_dir).expanduser()
+
+
+def inside_bundle(location: str) -> bool:
+    """True when ``location`` (a ``priors.*`` weight location) can only name a place inside the
+    weights folder: relative and without ``..`` (a run folder's values under :data:`BUNDLED` are kept)."""
+    return not os.path.isabs(location) and ".." not in Path(location).parts and not location.startswith("~")
+
+
 def local_folder(cfg: Config, spec: WeightSpec) -> Path:
     """Folder where ``spec`` is expected under ``cfg.weights_dir`` (or an absolute repo path)."""
     if os.path.isabs(spec.repo_id):
         return Path(spec.repo_id)
-    return Path(cfg.weights_dir).expanduser() / spec.repo_id
+    return weights_root(cfg) / spec.repo_id
 
 
 def _cache_root(spec: WeightSpec, alternatives: tuple[str, ...]) -> Path | None:
