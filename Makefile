@@ -1,6 +1,9 @@
-# Two entry points, each bootstrapping .venv from nothing:
-#   make demo   photo -> run folder under outputs/demo (cpu preset)
+# Entry points, each bootstrapping .venv from nothing:
+#   make demo   photo -> textured avatar in outputs/demo/final (preset demo: the bundled tiny priors, CPU,
+#               no downloads); DEMO_IMAGE=examples/astronaut.jpg for the second example
 #   make test   the linter (make lint: ruff, config in ruff.toml), then the whole test suite, offline
+#   make priors the bundled tiny priors (priors/bundled) made again from their seed (training/bundle.py,
+#               about 45 minutes on a 2-core CPU; its data and full-precision outputs in outputs/priors-work)
 # A CUDA user points TORCH_SPEC at their torch build, e.g.
 #   make demo TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 # or TORCH_SPEC= to keep a torch already in .venv.
@@ -8,11 +11,12 @@ PYTHON ?= python3
 VENV := .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,segment
-DEMO_IMAGE ?= examples/astronaut.jpg
+DEMO_IMAGE ?= examples/demo_person.png
 DEMO_OUT ?= outputs/demo
-DEMO_PRESET ?= cpu
+DEMO_PRESET ?= demo
+PRIORS_WORK ?= outputs/priors-work
 
-.PHONY: demo lint test clean-venv
+.PHONY: demo lint test priors clean-venv
 
 $(VENV)/.installed: setup.py Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,9 @@ $(VENV)/.installed: setup.py Makefile
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/geneman run $(DEMO_IMAGE) -o $(DEMO_OUT) --preset $(DEMO_PRESET)
+
+priors: $(VENV)/.installed
+	$(VENV)/bin/python -m training.bundle --work $(PRIORS_WORK)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

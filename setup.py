@@ -11,7 +11,8 @@ setup(
     description="Single-image 3D human reconstruction (GeneMAN) with resumable stages and cluster batches",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline*", "priors*", "stages*", "evaluation*", "training*", "configs"]),
-    package_data={"": ["*.yaml"]},
+    package_data={"": ["*.yaml"], "priors": ["bundled/*.json", "bundled/**/*.json", "bundled/**/*.txt",
+                                             "bundled/**/*.safetensors"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.24",

@@ -1,0 +1,151 @@
+"""The demo's figures: its example photo, its avatar against the truth, and the bundled 3D prior against
+the same architecture untrained.
+
+    .venv/bin/python benchmarks/bench_demo.py photo                 # examples/demo_person.png (+ its mesh)
+    .venv/bin/python benchmarks/bench_demo.py score outputs/demo    # PSNR of a demo run vs the person
+    .venv/bin/python benchmarks/bench_demo.py novel-views           # 3D prior: trained vs untrained
+
+The demo person is person 5 of ``geneman data synth --seed 200`` (:data:`DEMO_SEED`); the held-out
+people of ``novel-views`` are persons 0-4 of seed 300 (:data:`HELDOUT_SEED`); the bundled priors were
+trained on seed 100 (``training/bundle.py``), so none of them was seen in training. ``score`` renders
+the run's final textured mesh and the person (framed as preprocess frames the photo) on the
+evaluation turntable (120 views, unlit albedo on white) with :func:`pipeline.bench.appearance_report`:
+PSNR over all views, the front half and the back half. Results are printed as JSON and written
+beside the run (``RUN/demo_score.json``) or to ``outputs/bench_demo/novel_views.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEMO_SEED, DEMO_PERSON = 200, 5
+HELDOUT_SEED, HELDOUT_PEOPLE = 300, 5
+PHOTO = ROOT / "examples" / "demo_person.png"
+
+
+def person(seed: int, index: int, folder: Path) -> Path:
+    """Person ``index`` of ``geneman data synth --seed seed`` (the generator's own code), as a GLB in ``folder``."""
+    from training import synth
+
+    synth.synth(index + 1, folder, seed=seed)
+    return folder / f"person_{index:04d}.glb"
+
+
+def truth_renderer(mesh_path: Path, preset: str = "demo"):
+    from evaluation.framing import frame_subject
+    from evaluation.meshes import load_mesh
+    from evaluation.truth import SubjectRenderer
+    from pipeline.config import load_config
+
+    cfg = load_config(preset)
+    mesh = load_mesh(mesh_path)
+    framing = frame_subject(mesh, cfg.preprocess.canvas, cfg.preprocess.fill)
+    return SubjectRenderer(mesh, framing), cfg
+
+
+def cmd_photo(args) -> dict:
+    """Render the demo person from the reference camera at 512 px (RGB over white, as a photo)."""
+    from evaluation.truth import to_uint8
+    from stages.render.cameras import reference_camera
+
+    with tempfile.TemporaryDirectory() as tmp:
+        renderer, cfg = truth_renderer(person(DEMO_SEED, DEMO_PERSON, Path(tmp)))
+        c = cfg.geometry_init.camera
+        cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
+        rgb = renderer(cam, 512, 512)["rgb"][0]
+    PHOTO.parent.mkdir(exist_ok=True)
+    Image.fromarray(to_uint8(rgb)).save(PHOTO)
+    return {"photo": str(PHOTO.relative_to(ROOT)), "seed": DEMO_SEED, "person": DEMO_PERSON}
+
+
+def cmd_score(args) -> dict:
+    """The run's final avatar against the demo person on the evaluation turntable."""
+    from pipeline.bench import appearance_report
+    from stages import texture_refine
+
+    run = Path(args.run)
+    result = texture_refine.Result.load(run / "04_texture_refine" / "result")
+    with tempfile.TemporaryDirectory() as tmp:
+        renderer, cfg = truth_renderer(person(DEMO_SEED, DEMO_PERSON, Path(tmp)))
+        report = appearance_report(result, renderer, args.size)
+    report.pop("per_view")
+    report["run"] = str(run)
+    (run / "demo_score.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def cmd_novel_views(args) -> dict:
+    """PSNR of the 3D prior's novel views (DDIM 50, CFG 3, from each held-out person's reference view
+    to the others of ``geneman data render --views-3d 4``), bundled weights vs the same architecture
+    with a new UNet and projection (same VAE, image encoder and scheduler)."""
+    from evaluation.metrics import psnr
+    from priors.prior_3d import Zero123SDS
+    from priors.weights import BUNDLED_DIR
+    from priors.zero123_parts import Zero123Parts
+    from training import render
+    from training.datasets import ViewPairs
+    from training.train import build_3d, novel_views
+
+    torch.set_num_threads(2)
+    bundled = BUNDLED_DIR / "tiny" / "geneman" / "prior3d"
+    trained = Zero123SDS(Zero123Parts.from_pretrained(bundled).to(torch.float32))
+    untrained = build_3d("tiny", 64, seed=0)
+    untrained.parts.vae, untrained.parts.image_encoder = trained.parts.vae, trained.parts.image_encoder
+    untrained.parts.scheduler = trained.parts.scheduler
+    for p in (trained, untrained):
+        p.parts.unet.eval()
+    out = ROOT / "outputs" / "bench_demo"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        people = Path(tmp) / "people"
+        from training import synth
+
+        synth.synth(HELDOUT_PEOPLE, people, seed=HELDOUT_SEED)
+        render.render_dataset(people, Path(tmp) / "data", render.RenderConfig(size=64, views_2d=0, views_3d=4,
+                                                                               seed=HELDOUT_SEED))
+        pairs = ViewPairs(Path(tmp) / "data", 64)
+    index = torch.arange(len(pairs))
+    source, target, camera = pairs.batch(index)
+    figures, pictures = {}, []
+    for name, prior in (("trained", trained), ("untrained", untrained)):
+        g = torch.Generator().manual_seed(0)
+        views = torch.cat([novel_views(prior, source[i:i + 8], camera[i:i + 8], g) for i in range(0, len(index), 8)])
+        scores = [psnr(views[i:i + 1].permute(0, 2, 3, 1), target[i:i + 1].permute(0, 2, 3, 1))
+                  for i in range(len(index))]
+        figures[name] = {"psnr": float(np.mean(scores)), "per_pair": scores}
+        pictures.append(views[:8])
+    grid = torch.cat([torch.cat(list(r), dim=-1) for r in (source[:8], *pictures, target[:8])], dim=-2)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(out / "novel_views.png")
+    report = {"pairs": len(index), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "sampler": "DDIM 50, CFG 3",
+              **{k: round(v["psnr"], 3) for k, v in figures.items()}, "picture": str(out / "novel_views.png")}
+    (out / "novel_views.json").write_text(json.dumps({**report, "per_pair": {k: v["per_pair"] for k, v in
+                                                                                figures.items()}}, indent=1) + "\n")
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("photo")
+    score = sub.add_parser("score")
+    score.add_argument("run", help="a finished demo run folder")
+    score.add_argument("--size", type=int, default=256, help="turntable render side (default: %(default)s)")
+    sub.add_parser("novel-views")
+    args = parser.parse_args()
+    report = {"photo": cmd_photo, "score": cmd_score, "novel-views": cmd_novel_views}[args.command](args)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
