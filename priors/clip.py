@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from priors.config import Config
+from priors.memory import quiet_loading
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,22 +66,6 @@ def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-@contextmanager
-def _quiet_transformers():
-    """No load report (the unused text-tower keys) or weight-loading bar while the encoder loads."""
-    from transformers.utils import logging as hf_logging
-
-    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bar:
-            hf_logging.enable_progress_bar()
 
 
 class CLIPImageEncoder(nn.Module):
@@ -126,7 +110,7 @@ class CLIPImageEncoder(nn.Module):
         from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
         kind = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-        with _quiet_transformers():
+        with quiet_loading(errors_only=True):
             if kind == "clip":
                 full = CLIPConfig.from_pretrained(str(folder))
                 vision = full.vision_config

@@ -9,7 +9,8 @@ class Config:
     """Pretrained weight sources (hub ids as the release names them) and memory options."""
 
     weights_dir: str = ""
-    """Local folder holding the weights (one sub-folder per hub id); empty: the Hugging Face cache."""
+    """Local folder holding the weights (one sub-folder per hub id); empty: the Hugging Face cache;
+    ``@bundled``: the tiny priors that ship with geneman (``priors/bundled``, preset ``demo``)."""
     sd15: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     """SD 1.5 base: VAE, text encoder, tokenizer, scheduler (a copy under the old id runwayml/... is found too)."""
     geneman_repo: str = "wwt117/GeneMAN"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -69,7 +70,9 @@ def prepare(module: torch.nn.Module, cfg: Config, device: torch.device | str) ->
     """
     device = torch.device(device)
     module.requires_grad_(False).eval()
-    module.to(dtype=resolve_dtype(cfg.dtype, device))
+    # torch's own cast: diffusers' ModelMixin.to warns on every dtype cast ("modules that should be kept in
+    # float32: []") even when no module is to be kept, which is noise on every run; the cast is the same
+    torch.nn.Module.to(module, dtype=resolve_dtype(cfg.dtype, device))
     _set_attention(module, cfg, device)
     if cfg.cpu_offload and device.type == "cuda":
         from diffusers.hooks import apply_group_offloading
@@ -77,3 +80,21 @@ def prepare(module: torch.nn.Module, cfg: Config, device: torch.device | str) ->
         apply_group_offloading(module, onload_device=device, offload_type="leaf_level")
         return module
     return module.to(device)
+
+
+@contextmanager
+def quiet_loading(errors_only: bool = False):
+    """No weight-loading bar from transformers while a text or image encoder loads (one a model: noise
+    beside geneman's own progress, and in batch logs); ``errors_only``: no load report either."""
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    if errors_only:
+        hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()

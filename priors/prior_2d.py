@@ -130,6 +130,13 @@ class StableDiffusionSDS:
         return self.sds_latents(latents, embeddings, t_range, guidance_scale, noise, t, generator)
 
 
+def _text_encoder(folder: Path) -> CLIPTextModel:
+    from priors.memory import quiet_loading
+
+    with quiet_loading():
+        return CLIPTextModel.from_pretrained(folder, local_files_only=True)
+
+
 def load_sd_parts(root: Path, unet_dir: Path | None = None) -> dict:
     """Load an SD 1.5-family diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
 
@@ -137,7 +144,7 @@ def load_sd_parts(root: Path, unet_dir: Path | None = None) -> dict:
     """
     parts = {
         "vae": AutoencoderKL.from_pretrained(root / "vae", local_files_only=True),
-        "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True),
+        "text_encoder": _text_encoder(root / "text_encoder"),
         "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True),
         "scheduler": DDIMScheduler.from_pretrained(root / "scheduler", local_files_only=True),
     }

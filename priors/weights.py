@@ -368,6 +368,8 @@ def format_report(rows: list[CheckRow]) -> str:
 def missing_error(row: CheckRow) -> MissingWeightError:
     """The one-line error for a weight that is not complete."""
     how = row.spec.made_by or "run `geneman weights pull` or copy them there"
+    if Path(row.folder).is_relative_to(BUNDLED_DIR / "tiny"):
+        how = "the bundled tiny priors are incomplete: `git checkout priors/bundled`, or make them with `make priors`"
     return MissingWeightError(
         f"missing weight {row.spec.key}: id {row.spec.repo_id!r}, file(s) {', '.join(row.missing)}, "
         f"expected in {row.folder}; {how} (layout: <weights_dir>/<id>/<file>)")

@@ -50,7 +50,11 @@ class Zero123Parts:
         cfg = json.loads((folder / "cc_projection" / "config.json").read_text())
         proj = torch.nn.Linear(cfg["in_features"], cfg["out_features"])
         proj.load_state_dict(load_file(str(folder / "cc_projection" / "model.safetensors")))
+        from priors.memory import quiet_loading
+
+        with quiet_loading():
+            image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder",
+                                                                          local_files_only=True)
         return cls(UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
-                   AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
-                   CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
-                   proj, DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True))
+                   AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True), image_encoder, proj,
+                   DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True))

@@ -80,6 +80,9 @@ class TrainConfig:
     """``tiny`` (from scratch, :mod:`priors.tiny`'s architecture at the data's size) or a folder of
     weights to fine-tune (2D: an SD 1.5 diffusers folder; 3D: a Zero-1-to-3 diffusers folder; VAE: an SD
     folder; ControlNet: the 2D prior it steers, an SD folder with ``unet/``, required)."""
+    decoder_only: bool = False
+    """VAE with ``init`` a folder: train the decoder alone (the encoder, so every latent and every prior
+    trained on them, stays as it is; the latent scale is kept), as SD's ft-MSE autoencoder was made."""
     base: str = ""
     """With ``init`` tiny: an SD-layout folder (a ``train-vae`` output) whose VAE, text encoder, tokenizer
     and scheduler are used, frozen, instead of new random ones (the 3D prior takes its VAE)."""
@@ -104,6 +107,8 @@ def check_config(cfg: TrainConfig, has_general: bool) -> None:
     if cfg.kind == "controlnet" and cfg.init == "tiny":
         raise ValueError("train-controlnet needs --init PRIOR_2D: the 2D prior it steers (a train-2d output or "
                          "an SD 1.5 folder with unet/)")
+    if cfg.decoder_only and (cfg.kind != "vae" or cfg.init == "tiny"):
+        raise ValueError("--decoder-only goes with train-vae --init DIR (a trained VAE whose decoder to train)")
     if cfg.base and cfg.init != "tiny":
         raise ValueError(f"--base {cfg.base} goes with --init tiny only (a fine-tuned folder brings its own VAE)")
     for name in ("steps", "batch_size", "save_every"):
@@ -257,12 +262,17 @@ class VAENet(torch.nn.Module):
     """The autoencoder's training forward: images in [0, 1] and the posterior's noise -> (reconstruction
     in [-1, 1], KL per image), one module for DistributedDataParallel."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, decoder_only: bool = False):
         super().__init__()
-        self.vae = vae
+        self.vae, self.decoder_only = vae, decoder_only
+        if decoder_only:
+            vae.encoder.requires_grad_(False)
+            if vae.quant_conv is not None:
+                vae.quant_conv.requires_grad_(False)
 
     def forward(self, images, noise):
-        posterior = self.vae.encode(images * 2 - 1).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+            posterior = self.vae.encode(images * 2 - 1).latent_dist
         z = posterior.mean + posterior.std * noise
         return self.vae.decode(z).sample, posterior.kl()
 
@@ -282,9 +292,9 @@ class ControlNetNet(torch.nn.Module):
                              mid_block_additional_residual=mid).sample
 
 
-def trainable(kind: str, prior) -> torch.nn.Module:
+def trainable(kind: str, prior, decoder_only: bool = False) -> torch.nn.Module:
     """The module the optimiser updates."""
-    return {"2d": lambda: prior.unet, "3d": lambda: Zero123Net(prior), "vae": lambda: VAENet(prior.vae),
+    return {"2d": lambda: prior.unet, "3d": lambda: Zero123Net(prior), "vae": lambda: VAENet(prior.vae, decoder_only),
             "controlnet": lambda: ControlNetNet(prior)}[kind]()
 
 
@@ -383,7 +393,7 @@ class Trainer:
         self.general_set = reader(general, self.size) if general is not None else None
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.prior = BUILDERS[cfg.kind](cfg.init, self.size, cfg.seed, cfg.base)
-        self.model = trainable(cfg.kind, self.prior)
+        self.model = trainable(cfg.kind, self.prior, cfg.decoder_only)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.losses = LossLog(cfg.steps)
@@ -450,8 +460,10 @@ class Trainer:
                 self.write_samples(done)
             ckpt.step_done(done, {"mse": self.losses.loss[step]}, self.objects())
         acc.wait_for_everyone()
-        if cfg.kind == "vae":
+        if cfg.kind == "vae" and not cfg.decoder_only:
             self.set_latent_scale()
+        elif cfg.kind == "vae":
+            self.latent_scale = self.prior.vae.config.scaling_factor
         summary = self.summary(start, time.monotonic() - t0)
         if acc.is_main_process:
             save_weights(cfg.kind, self.prior, self.out)

@@ -74,6 +74,10 @@ def add_parsers(sub) -> None:
             p.add_argument("--init", default="tiny",
                            help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder "
                                 "to fine-tune (" + ("Zero-1-to-3 layout" if kind == "3d" else "SD 1.5 layout") + ")")
+        if kind == "vae":
+            p.add_argument("--decoder-only", action="store_true",
+                           help="with --init DIR: train the decoder alone (latents, and the priors trained on them, "
+                                "stay valid)")
         if kind in ("2d", "3d"):
             p.add_argument("--base", default="", metavar="DIR",
                            help="with --init tiny: the frozen VAE, text encoder and scheduler of this SD folder "
@@ -148,9 +152,9 @@ def _config(args):
 
     return TrainConfig(kind=args.prior_command.split("-")[1], steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, uncond_prob=args.uncond_prob, general_ratio=args.general_ratio,
-                       init=args.init, base=getattr(args, "base", ""), size=args.size, save_every=args.save_every,
-                       sample_every=args.sample_every,
-                       seed=args.seed)
+                       init=args.init, base=getattr(args, "base", ""),
+                       decoder_only=getattr(args, "decoder_only", False),
+                       size=args.size, save_every=args.save_every, sample_every=args.sample_every, seed=args.seed)
 
 
 def _check_resumable(out: Path, wanted: dict) -> None:

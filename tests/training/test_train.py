@@ -90,6 +90,14 @@ def test_a_vae_output_is_the_base_of_the_other_trainers(data, trained, tmp_path)
     with torch.no_grad():
         z = vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor
     assert 0.8 < float(z.std()) < 1.25
+    ft = tmp_path / "vae_ft"
+    assert _train("vae", data, ft, "--steps", "3", "--batch-size", "4", "--init", str(vae_out), "--decoder-only") == 0
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(o / "vae" / "diffusion_pytorch_model.safetensors")) for o in (vae_out, ft))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert AutoencoderKL.from_pretrained(ft / "vae").config.scaling_factor == log["scaling_factor"]
     for kind in ("2d", "3d"):
         out = tmp_path / f"on_base_{kind}"
         assert _train(kind, data, out, "--steps", "1", "--batch-size", "2", "--base", str(vae_out)) == 0
@@ -214,6 +222,8 @@ def test_bad_data_and_options_get_one_line_errors(data, trained, tmp_path, capsy
     assert code == 2 and "needs a general-data folder" in err
     code, err = _err(capsys, "2d", data, "-o", tmp_path / "o", "--init", tmp_path / "empty")
     assert code == 2 and "--init must be `tiny` or a diffusers folder" in err
+    code, err = _err(capsys, "vae", data, "-o", tmp_path / "o", "--decoder-only")
+    assert code == 2 and "--decoder-only goes with train-vae --init DIR" in err
     code, err = _err(capsys, "controlnet", data, "-o", tmp_path / "o", "--init", "tiny")
     assert code == 2 and "train-controlnet needs --init PRIOR_2D" in err
     shutil.copyfile(data / "2d" / "metadata.jsonl", broken / "2d" / "metadata.jsonl")
