@@ -145,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 mixed_metadata(args.work / "data")
             print(f"bundle: geneman {' '.join(argv_)}", flush=True)
             subprocess.run([sys.executable, "-m", "pipeline.cli.main", *argv_], check=True)
-        entry = {"name": name, "command": ["geneman", *argv_], "seconds": round(time.monotonic() - t0, 1)}
+        entry = {"name": name, "command": ["geneman", *argv_],
+                 "seconds": None if done else round(time.monotonic() - t0, 1)}  # None: made by an earlier call
         if name not in ("people", "data"):
             train = json.loads((args.work / name / "train.json").read_text())
             entry |= {"loss_first_20": train["loss_first_20"], "loss_last_20": train["loss_last_20"],
-                      "seconds": train["seconds_this_call"] if not done else entry["seconds"]}
+                      "seconds": train["seconds_this_call"]}  # the training loop's own time
         log.append(entry)
     assemble(args.work, args.out, log)
     print(f"bundle: wrote {args.out}")
