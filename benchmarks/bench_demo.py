@@ -98,7 +98,10 @@ def cmd_novel_views(args) -> dict:
 
     torch.set_num_threads(2)
     bundled = BUNDLED_DIR / "tiny" / "geneman" / "prior3d"
-    trained = Zero123SDS(Zero123Parts.from_pretrained(bundled).to(torch.float32))
+    parts = Zero123Parts.from_pretrained(bundled)
+    for net in (parts.unet, parts.vae, parts.image_encoder, parts.cc_projection):
+        torch.nn.Module.to(net, dtype=torch.float32)  # stored in float16
+    trained = Zero123SDS(parts)
     untrained = build_3d("tiny", 64, seed=0)
     untrained.parts.vae, untrained.parts.image_encoder = trained.parts.vae, trained.parts.image_encoder
     untrained.parts.scheduler = trained.parts.scheduler
