@@ -81,7 +81,7 @@ def test_make_priors_writes_the_layout_the_demo_preset_reads(small_bundle):
     cfg = load_config("demo", sets=[f"priors.weights_dir={small_bundle}"])
     assert all(r.found for r in check(cfg.priors, DEMO_STAGES, run_cfg=cfg))
     priors = PriorSet(cfg.priors, "cpu")
-    priors.check(DEMO_STAGES)
+    priors.check(DEMO_STAGES, cfg)
     assert priors.prior_3d.native_size == bundle.SIZE and priors.prior_2d.unet.dtype.is_floating_point
 
 
