@@ -1,4 +1,5 @@
-"""The training sub-commands: ``geneman data synth|render`` and ``geneman prior train-2d|train-3d``.
+"""The training sub-commands: ``geneman data synth|render`` and ``geneman prior train-2d|train-3d|train-vae|
+train-controlnet``.
 
 Logic lives in :mod:`training` (synth, render, train); this module parses, wires the run store's
 checkpoints, stop signals and progress into the trainer, and turns the packages' ``ValueError`` into
@@ -21,6 +22,23 @@ TRAIN_CONFIG = "train_config.json"
 
 def add_parsers(sub) -> None:
     """Add ``data`` and ``prior`` to the ``geneman`` parser."""
+    _data_parsers(sub)
+    prior = sub.add_parser("prior", help="train the 2D or 3D prior, a VAE or a ControlNet on rendered data")
+    kinds = prior.add_subparsers(dest="prior_command", required=True)
+    for kind, arch, lr in TRAINERS:
+        _train_parser(kinds, kind, arch, lr)
+
+
+TRAINERS = (("2d", "an SD-architecture UNet on DATA/2d's captioned images", "1e-5"),
+            ("3d", "the Zero-1-to-3 architecture on DATA/3d's view pairs", "1e-4"),
+            ("vae", "the KL autoencoder (with a text encoder and scheduler beside it: a whole SD base) "
+                    "on DATA/2d's images", "1e-4"),
+            ("controlnet", "a normal-map ControlNet for the 2D prior --init on DATA/2d's images "
+                           "under DATA/normal's", "1e-5"))
+"""``(kind, what it trains, its default learning rate as the help shows it)`` of ``geneman prior train-KIND``."""
+
+
+def _data_parsers(sub) -> None:
     data = sub.add_parser("data", help="training data: procedural people (synth), renders of meshes (render)")
     what = data.add_subparsers(dest="data_command", required=True)
     sy = what.add_parser("synth", help="write N seeded procedural people as GLB meshes and a manifest.json",
@@ -38,8 +56,9 @@ def add_parsers(sub) -> None:
                          description="Render every textured mesh of MESHES (GLB, glTF, OBJ or PLY with a base-colour "
                                      "texture or vertex colours; +Y up, facing +Z) from seeded cameras: DATA/2d "
                                      "(captioned images with full, upper-body and close-up crops, for train-2d), "
-                                     "DATA/3d (views and every ordered pair with its relative camera, for "
-                                     "train-3d) and DATA/manifest.json.")
+                                     "DATA/normal and DATA/depth (the same views as normal and depth images, for "
+                                     "the adapted models and train-controlnet), DATA/3d (views and every ordered "
+                                     "pair with its relative camera, for train-3d) and DATA/manifest.json.")
     re.add_argument("meshes", type=Path, metavar="MESHES", help="folder of meshes (e.g. from `geneman data synth`)")
     re.add_argument("-o", "--out", type=Path, required=True, metavar="DATA", help="new output folder")
     re.add_argument("--size", type=int, default=64, help="image side, pixels (default: %(default)s)")
@@ -51,54 +70,48 @@ def add_parsers(sub) -> None:
     re.add_argument("--seed", type=int, default=0, metavar="S", help="seed of cameras and crops (default: %(default)s)")
     common(re)
 
-    prior = sub.add_parser("prior", help="train the 2D or 3D prior, a VAE or a ControlNet on rendered data")
-    kinds = prior.add_subparsers(dest="prior_command", required=True)
-    for kind, arch, lr in (("2d", "an SD-architecture UNet on DATA/2d's captioned images", "1e-5"),
-                           ("3d", "the Zero-1-to-3 architecture on DATA/3d's view pairs", "1e-4"),
-                           ("vae", "the KL autoencoder (with a text encoder and scheduler beside it: a whole SD base) "
-                                   "on DATA/2d's images", "1e-4"),
-                           ("controlnet", "a normal-map ControlNet for the 2D prior --init on DATA/2d's images "
-                                          "under DATA/normal's", "1e-5")):
-        p = kinds.add_parser(f"train-{kind}", help=f"train {arch}",
-                             description=f"Train {arch} (epsilon objective, AdamW, classifier-free condition "
-                                         "drop). Rerunning with the same OUT resumes from its newest checkpoint; "
-                                         "several processes: `accelerate launch -m pipeline.cli.main prior ...`. "
-                                         "OUT ends up holding the weights in the layout the run's priors load.")
-        p.add_argument("data", type=Path, metavar="DATA", help="a `geneman data render` output"
-                       + (" (or a folder of images with metadata.jsonl)" if kind == "2d" else ""))
-        p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
-        if kind == "controlnet":
-            p.add_argument("--init", required=True, metavar="PRIOR_2D",
-                           help="the 2D prior it steers (a train-2d output or an SD 1.5 folder with unet/), frozen")
-        else:
-            p.add_argument("--init", default="tiny",
-                           help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder "
-                                "to fine-tune (" + ("Zero-1-to-3 layout" if kind == "3d" else "SD 1.5 layout") + ")")
-        if kind == "vae":
-            p.add_argument("--decoder-only", action="store_true",
-                           help="with --init DIR: train the decoder alone (latents, and the priors trained on them, "
-                                "stay valid)")
-        if kind in ("2d", "3d"):
-            p.add_argument("--base", default="", metavar="DIR",
-                           help="with --init tiny: the frozen VAE, text encoder and scheduler of this SD folder "
-                                "(a train-vae output) instead of new random ones")
-        p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default: %(default)s)")
-        p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
-        p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: the paper's {lr})")
-        p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
-        p.add_argument("--uncond-prob", type=float, default=0.1,
-                       help="probability of dropping the condition (default: %(default)s)")
-        p.add_argument("--general", type=Path, metavar="DIR",
-                       help="general data mixed in (" + ("an image folder" if kind in ("2d", "vae") else
-                                                         "a `geneman data render` output of other objects") + ")")
-        p.add_argument("--general-ratio", type=float, default=0.0, metavar="R",
-                       help="probability that a row is general data (default: %(default)s)")
-        p.add_argument("--size", type=int, default=0, help="image side trained at (default: the data's)")
-        p.add_argument("--save-every", type=int, default=100, metavar="N", help="checkpoint every N steps")
-        p.add_argument("--sample-every", type=int, default=0, metavar="N",
-                       help="sample images every N steps into OUT/samples (default: at the end only)")
-        p.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default: %(default)s)")
-        common(p)
+
+def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
+    p = kinds.add_parser(f"train-{kind}", help=f"train {arch}",
+                         description=f"Train {arch} (epsilon objective, AdamW, classifier-free condition "
+                                     "drop). Rerunning with the same OUT resumes from its newest checkpoint; "
+                                     "several processes: `accelerate launch -m pipeline.cli.main prior ...`. "
+                                     "OUT ends up holding the weights in the layout the run's priors load.")
+    p.add_argument("data", type=Path, metavar="DATA", help="a `geneman data render` output"
+                   + (" (or a folder of images with metadata.jsonl)" if kind == "2d" else ""))
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
+    if kind == "controlnet":
+        p.add_argument("--init", required=True, metavar="PRIOR_2D",
+                       help="the 2D prior it steers (a train-2d output or an SD 1.5 folder with unet/), frozen")
+    else:
+        p.add_argument("--init", default="tiny",
+                       help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder "
+                            "to fine-tune (" + ("Zero-1-to-3 layout" if kind == "3d" else "SD 1.5 layout") + ")")
+    if kind == "vae":
+        p.add_argument("--decoder-only", action="store_true",
+                       help="with --init DIR: train the decoder alone (latents, and the priors trained on them, "
+                            "stay valid)")
+    if kind in ("2d", "3d"):
+        p.add_argument("--base", default="", metavar="DIR",
+                       help="with --init tiny: the frozen VAE, text encoder and scheduler of this SD folder "
+                            "(a train-vae output) instead of new random ones")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: the paper's {lr})")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--uncond-prob", type=float, default=0.1,
+                   help="probability of dropping the condition (default: %(default)s)")
+    p.add_argument("--general", type=Path, metavar="DIR",
+                   help="general data mixed in (" + ("an image folder" if kind in ("2d", "vae") else
+                                                     "a `geneman data render` output of other objects") + ")")
+    p.add_argument("--general-ratio", type=float, default=0.0, metavar="R",
+                   help="probability that a row is general data (default: %(default)s)")
+    p.add_argument("--size", type=int, default=0, help="image side trained at (default: the data's)")
+    p.add_argument("--save-every", type=int, default=100, metavar="N", help="checkpoint every N steps")
+    p.add_argument("--sample-every", type=int, default=0, metavar="N",
+                   help="sample images every N steps into OUT/samples (default: at the end only)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default: %(default)s)")
+    common(p)
 
 
 def cmd_data(args) -> int:
