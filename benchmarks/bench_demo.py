@@ -92,9 +92,9 @@ def cmd_novel_views(args) -> dict:
     from priors.prior_3d import Zero123SDS
     from priors.weights import BUNDLED_DIR
     from priors.zero123_parts import Zero123Parts
-    from training import render
+    from training import render, synth
     from training.datasets import ViewPairs
-    from training.train import build_3d, novel_views
+    from training.train import build_3d, novel_views, write_grid
 
     torch.set_num_threads(2)
     bundled = BUNDLED_DIR / "tiny" / "geneman" / "prior3d"
@@ -111,8 +111,6 @@ def cmd_novel_views(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         people = Path(tmp) / "people"
-        from training import synth
-
         synth.synth(HELDOUT_PEOPLE, people, seed=HELDOUT_SEED)
         render.render_dataset(people, Path(tmp) / "data", render.RenderConfig(size=64, views_2d=0, views_3d=4,
                                                                                seed=HELDOUT_SEED))
@@ -127,8 +125,7 @@ def cmd_novel_views(args) -> dict:
                   for i in range(len(index))]
         figures[name] = {"psnr": float(np.mean(scores)), "per_pair": scores}
         pictures.append(views[:8])
-    grid = torch.cat([torch.cat(list(r), dim=-1) for r in (source[:8], *pictures, target[:8])], dim=-2)
-    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(out / "novel_views.png")
+    write_grid([source[:8], *pictures, target[:8]], out / "novel_views.png")
     report = {"pairs": len(index), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "sampler": "DDIM 50, CFG 3",
               **{k: round(v["psnr"], 3) for k, v in figures.items()}, "picture": str(out / "novel_views.png")}
     (out / "novel_views.json").write_text(json.dumps({**report, "per_pair": {k: v["per_pair"] for k, v in

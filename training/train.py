@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from PIL import Image
 
 from priors.prior_2d import StableDiffusionSDS, load_sd_parts, save_sd_parts
 from priors.prior_3d import Zero123SDS
@@ -551,15 +550,19 @@ class Trainer:
         return self._write_grid(rows, step)
 
     def _write_grid(self, rows: list[torch.Tensor], step: int) -> Path:
-        grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # [3, rows*S, cols*S]
-        image = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        path = self.out / "samples" / f"step_{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, png_bytes(np.asarray(Image.fromarray(image))))
+        return write_grid(rows, self.out / "samples" / f"step_{step:08d}.png")
 
     @property
     def prior_scale(self) -> int:
         return _vae_scale(self.prior.parts.vae if self.cfg.kind == "3d" else self.prior.vae)
+
+
+def write_grid(rows: list[torch.Tensor], path: Path) -> Path:
+    """One PNG of image rows (each [N, 3, S, S] in [0, 1], the same N and S), written atomically."""
+    grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # [3, rows*S, cols*S]
+    image = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, png_bytes(image))
 
 
 @torch.no_grad()
