@@ -4,6 +4,7 @@ the same architecture untrained.
     .venv/bin/python benchmarks/bench_demo.py photo                 # examples/demo_person.png (+ its mesh)
     .venv/bin/python benchmarks/bench_demo.py score outputs/demo    # PSNR of a demo run vs the person
     .venv/bin/python benchmarks/bench_demo.py novel-views           # 3D prior: trained vs untrained
+    .venv/bin/python benchmarks/bench_demo.py estimators            # depth / normal estimators vs constants
 
 The demo person is person 5 of ``geneman data synth --seed 200`` (:data:`DEMO_SEED`); the held-out
 people of ``novel-views`` are persons 0-4 of seed 300 (:data:`HELDOUT_SEED`); the bundled priors were
@@ -11,7 +12,8 @@ trained on seed 100 (``training/bundle.py``), so none of them was seen in traini
 the run's final textured mesh and the person (framed as preprocess frames the photo) on the
 evaluation turntable (120 views, unlit albedo on white) with :func:`pipeline.bench.appearance_report`:
 PSNR over all views, the front half and the back half. Results are printed as JSON and written
-beside the run (``RUN/demo_score.json``) or to ``outputs/bench_demo/novel_views.json``.
+beside the run (``RUN/demo_score.json``) or to ``outputs/bench_demo/novel_views.json`` /
+``estimators.json``.
 """
 from __future__ import annotations
 
@@ -87,7 +89,8 @@ def cmd_score(args) -> dict:
 def cmd_novel_views(args) -> dict:
     """PSNR of the 3D prior's novel views (DDIM 50, CFG 3, from each held-out person's reference view
     to the others of ``geneman data render --views-3d 4``), bundled weights vs the same architecture
-    with a new UNet and projection (same VAE, image encoder and scheduler)."""
+    with a new UNet and projection (same VAE, image encoder and scheduler); ``source_copy`` scores the
+    input view itself as the answer, the floor a useful prior should pass."""
     from evaluation.metrics import psnr
     from priors.prior_3d import Zero123SDS
     from priors.weights import BUNDLED_DIR
@@ -125,11 +128,59 @@ def cmd_novel_views(args) -> dict:
                   for i in range(len(index))]
         figures[name] = {"psnr": float(np.mean(scores)), "per_pair": scores}
         pictures.append(views[:8])
+    copied = [psnr(source[i:i + 1].permute(0, 2, 3, 1), target[i:i + 1].permute(0, 2, 3, 1)) for i in range(len(index))]
+    figures["source_copy"] = {"psnr": float(np.mean(copied)), "per_pair": copied}  # no prior: the input view as is
     write_grid([source[:8], *pictures, target[:8]], out / "novel_views.png")
     report = {"pairs": len(index), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "sampler": "DDIM 50, CFG 3",
               **{k: round(v["psnr"], 3) for k, v in figures.items()}, "picture": str(out / "novel_views.png")}
     (out / "novel_views.json").write_text(json.dumps({**report, "per_pair": {k: v["per_pair"] for k, v in
                                                                                 figures.items()}}, indent=1) + "\n")
+    return report
+
+
+def cmd_estimators(args) -> dict:
+    """The bundled depth and normal estimators on held-out people (the seed-300 people rendered as the
+    bundle's estimator data is, 128 px, 8 views each), through the wrapper preprocess calls, against the
+    best constant answer: normals, the mean angle to the truth inside the mask against the held-out set's
+    own mean normal everywhere; depth, the RMSE of the wrapper's near-bright [0, 1] map against the truth
+    image's, against a flat map (all 0.5)."""
+    from pipeline.config import load_config
+    from priors.sapiens import load_estimators
+    from training import bundle, render, synth
+    from training.datasets import MapImages
+
+    torch.set_num_threads(2)
+    cfg = load_config("demo").priors
+    est = load_estimators(cfg, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        people = Path(tmp) / "people"
+        synth.synth(HELDOUT_PEOPLE, people, seed=HELDOUT_SEED)
+        rc = render.RenderConfig(size=bundle.MAPS_SIZE, views_2d=8, views_3d=0, crop_ratios=bundle.MAPS_CROPS,
+                                 seed=HELDOUT_SEED)
+        render.render_dataset(people, Path(tmp) / "data", rc)
+        sets = {k: MapImages(Path(tmp) / "data", bundle.MAPS_SIZE, k) for k in ("normal", "depth")}
+    report = {"views": len(sets["normal"]), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED}
+
+    def angle(a, b):  # mean angle inside the masks, degrees
+        return torch.rad2deg(torch.acos((a * b).sum(1).clamp(-1, 1)))[inside].mean()
+
+    def rmse(a):
+        return float(((a - truth)[:, 0][inside] ** 2).mean().sqrt())
+
+    with torch.no_grad():
+        images, normals, masks = sets["normal"].images, sets["normal"].targets, sets["normal"].mask
+        inside = masks[:, 0] > 0.5
+        pred = est["normal"](images, masks)
+        mean = torch.nn.functional.normalize(normals.permute(1, 0, 2, 3)[:, inside].mean(1), dim=0).view(1, 3, 1, 1)
+        report["normal_angle_deg"] = round(float(angle(pred, normals)), 2)
+        report["normal_angle_deg_constant"] = round(float(angle(mean.expand_as(normals), normals)), 2)
+        truth = 1.0 - sets["depth"].targets  # the depth images: near-bright, min-max in the mask
+        depth = est["depth"](images, masks)
+        report["depth_rmse"] = round(rmse(depth), 4)
+        report["depth_rmse_flat"] = round(rmse(torch.full_like(depth, 0.5)), 4)
+    out = ROOT / "outputs" / "bench_demo"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "estimators.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -141,8 +192,10 @@ def main() -> int:
     score.add_argument("run", help="a finished demo run folder")
     score.add_argument("--size", type=int, default=256, help="turntable render side (default: %(default)s)")
     sub.add_parser("novel-views")
+    sub.add_parser("estimators")
     args = parser.parse_args()
-    report = {"photo": cmd_photo, "score": cmd_score, "novel-views": cmd_novel_views}[args.command](args)
+    report = {"photo": cmd_photo, "score": cmd_score, "novel-views": cmd_novel_views,
+              "estimators": cmd_estimators}[args.command](args)
     print(json.dumps(report, indent=1))
     return 0
 

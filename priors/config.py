@@ -40,11 +40,13 @@ class Config:
     sapiens_normal: str = "facebook/sapiens-normal-2b-torchscript"
     """Sapiens normal estimator (TorchScript)."""
     sapiens_normal_file: str = "sapiens_2b_normal_render_people_epoch_70_torchscript.pt2"
-    """TorchScript file of the Sapiens normal estimator inside ``sapiens_normal``."""
+    """TorchScript file of the Sapiens normal estimator inside ``sapiens_normal``, or the
+    ``diffusion_pytorch_model.safetensors`` of a ``geneman prior train-normal`` output."""
     sapiens_depth: str = "facebook/sapiens-depth-2b-torchscript"
     """Sapiens depth estimator (TorchScript)."""
     sapiens_depth_file: str = "sapiens_2b_render_people_epoch_25_torchscript.pt2"
-    """TorchScript file of the Sapiens depth estimator inside ``sapiens_depth``."""
+    """TorchScript file of the Sapiens depth estimator inside ``sapiens_depth``, or the
+    ``diffusion_pytorch_model.safetensors`` of a ``geneman prior train-depth`` output."""
     lpips: str = "lpips"
     """Folder of the LPIPS VGG16 weights (``vgg16.safetensors``, ``vgg_lin.safetensors``) under
     ``weights_dir``, or an absolute folder; made once with ``priors.lpips.convert_lpips_weights``."""

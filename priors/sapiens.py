@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from priors.config import Config
+from priors.estimator import load_estimator
 from priors.weights import MissingWeightError, all_weights, resolve, verify_code_weight
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class SapiensEstimator:
 
     @classmethod
     def from_pretrained(cls, cfg: Config, kind: str, device: torch.device | str) -> "SapiensEstimator":
-        """Load ``cfg.sapiens_<kind>`` / ``cfg.sapiens_<kind>_file`` with ``torch.jit.load``.
+        """Load ``cfg.sapiens_<kind>`` / ``cfg.sapiens_<kind>_file`` with ``torch.jit.load``, or, for a
+        ``.safetensors`` file, the :class:`priors.estimator.MapEstimator` it holds (``geneman prior
+        train-depth|train-normal``, the demo preset's bundled ones).
 
         A TorchScript file is code: it is loaded only when its sha256 is a released file's
         (:data:`priors.weights.PINNED_SHA256`), or with ``cfg.trust_weights``. The bytes hashed are
@@ -46,9 +49,16 @@ class SapiensEstimator:
 
         Raises:
             UntrustedWeightError: the file is not a released one and ``cfg.trust_weights`` is off.
+            ValueError: an estimator file that cannot be read, or of the other kind.
         """
         root = resolve(cfg, all_weights(cfg)[f"sapiens_{kind}"])
         path = root / getattr(cfg, f"sapiens_{kind}_file")
+        if path.suffix == ".safetensors":  # a geneman estimator: weights only, nothing to trust
+            module = load_estimator(path, device)
+            if module.config.out_channels != (3 if kind == "normal" else 1):
+                raise ValueError(f"{path}: a {module.config.out_channels}-channel estimator given as "
+                                 f"priors.sapiens_{kind}; give a train-{kind} output")
+            return cls(module, kind)
         with open(path, "rb") as f:
             verify_code_weight(f, path, cfg.trust_weights)
             with warnings.catch_warnings():  # the released files are TorchScript, deprecated in recent torch

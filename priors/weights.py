@@ -460,5 +460,7 @@ def verify_code_weights(cfg: Config, stages: list[str] | tuple[str, ...] = STAGE
     for row in check(cfg, stages, run_cfg):
         if row.spec.key in CODE_WEIGHTS and row.found:
             path = Path(row.folder) / getattr(cfg, CODE_WEIGHTS[row.spec.key])
+            if path.suffix == ".safetensors":  # a geneman estimator (priors.estimator): weights, no code
+                continue
             with open(path, "rb") as f:
                 verify_code_weight(f, path, cfg.trust_weights)

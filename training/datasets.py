@@ -1,5 +1,6 @@
-"""The trainers' data: captioned images (2D prior, VAE), images with their normal images (ControlNet) and
-view pairs with their relative camera (3D prior).
+"""The trainers' data: captioned images (2D prior, VAE), images with their normal images (ControlNet),
+images with their depth or normal map and mask (estimators) and view pairs with their relative camera
+(3D prior).
 
 Both read the layouts ``geneman data render`` writes (:mod:`training.render`); the 2D reader also takes
 any image folder (a general-image set mixed in at a ratio): ``metadata.jsonl`` with ``file_name`` and
@@ -113,17 +114,47 @@ class ControlledImages(CaptionedImages):
 
     def __init__(self, folder: str | Path, size: int, condition: str = "normal"):
         super().__init__(folder, size)
-        root = Path(folder) / condition
+        self.conditions = self.beside(condition, size)
+
+    def beside(self, condition: str, size: int) -> torch.Tensor:
+        """``[N, 3, S, S]``: the images of ``DATA/<condition>`` with the 2D images' file names."""
+        root = self.folder / condition
         if not root.is_dir():
-            raise _fail(Path(folder), f"holds no {condition}/ images beside 2d/; render the data again with "
-                                      "this version's `geneman data render`")
+            raise _fail(self.folder, f"holds no {condition}/ images beside 2d/; render the data again with "
+                                     "this version's `geneman data render`")
         base = self.files[0].parents[1]
-        self.conditions = torch.stack([load_image(root / p.relative_to(base), size) for p in self.files])
+        return torch.stack([load_image(root / p.relative_to(base), size) for p in self.files])
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """Images ``[B, 3, S, S]``, captions and condition images ``[B, 3, S, S]`` of the rows ``index``."""
         images, captions = super().batch(index)
         return images, captions, self.conditions[index]
+
+
+class MapImages(ControlledImages):
+    """Images with their depth or normal map and the subject's mask (a depth or normal estimator's data):
+    ``DATA/2d`` and, by the same file names, ``DATA/normal`` (which gives the mask: its background is black,
+    a normal image is never darker than 0.63 summed over channels) and, for depth, ``DATA/depth``.
+
+    Args:
+        folder: a ``geneman data render`` output.
+        size: side the images are resized to.
+        kind: ``depth`` or ``normal``.
+    """
+
+    def __init__(self, folder: str | Path, size: int, kind: str):
+        super().__init__(folder, size, "normal")
+        self.mask = (self.conditions.sum(dim=1, keepdim=True) > 0.3).float()
+        if kind == "normal":
+            self.targets = (self.conditions * 2 - 1) * self.mask  # camera-space unit normals
+        else:
+            depth = self.beside("depth", size)[:, :1]
+            self.targets = (1.0 - depth) * self.mask  # the images are near-bright: far = larger, as Sapiens'
+        del self.conditions
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``[B, 3, S, S]``, maps ``[B, C, S, S]`` (zero outside the mask) and masks ``[B, 1, S, S]``."""
+        return self.images[index], self.targets[index], self.mask[index]
 
 
 class ViewPairs:

@@ -27,6 +27,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,16 @@ from priors.text import PromptEncoder
 from priors.zero123_parts import Zero123Parts
 from stages.loop import Checkpoint
 from stages.render.export import atomic_write, png_bytes
-from training.datasets import CaptionedImages, ControlledImages, ViewPairs
+from training.datasets import CaptionedImages, ControlledImages, MapImages, ViewPairs
 
 log = logging.getLogger("geneman")
 
-KINDS = ("2d", "3d", "vae", "controlnet")
-DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4, "vae": 1e-4, "controlnet": 1e-5}
+KINDS = ("2d", "3d", "vae", "controlnet", "depth", "normal")
+ESTIMATORS = ("depth", "normal")
+"""Kinds that train a :class:`priors.estimator.MapEstimator` (regression, no diffusion)."""
+DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4, "vae": 1e-4, "controlnet": 1e-5, "depth": 1e-3, "normal": 1e-3}
 """AdamW learning rates: the paper's for the priors (2D 1e-5, 3D 1e-4), diffusers' example scripts' order
-for the VAE and the ControlNet."""
+for the VAE and the ControlNet, a small CNN's usual 1e-3 for the estimators."""
 KL_WEIGHT = 1e-6
 """Weight of the VAE's KL term (per-image sum over the latent), SD's autoencoder recipe."""
 TRAIN_JSON = "train.json"
@@ -60,7 +63,7 @@ class TrainConfig:
     """One training run (the ``geneman prior train-2d|train-3d`` options)."""
 
     kind: str
-    """``2d``, ``3d``, ``vae`` or ``controlnet`` (:data:`KINDS`)."""
+    """``2d``, ``3d``, ``vae``, ``controlnet``, ``depth`` or ``normal`` (:data:`KINDS`)."""
     steps: int = 1000
     """Optimisation steps."""
     batch_size: int = 8
@@ -78,7 +81,8 @@ class TrainConfig:
     init: str = "tiny"
     """``tiny`` (from scratch, :mod:`priors.tiny`'s architecture at the data's size) or a folder of
     weights to fine-tune (2D: an SD 1.5 diffusers folder; 3D: a Zero-1-to-3 diffusers folder; VAE: an SD
-    folder; ControlNet: the 2D prior it steers, an SD folder with ``unet/``, required)."""
+    folder; ControlNet: the 2D prior it steers, an SD folder with ``unet/``, required; depth / normal: an
+    estimator folder of that kind)."""
     decoder_only: bool = False
     """VAE with ``init`` a folder: train the decoder alone (the encoder, so every latent and every prior
     trained on them, stays as it is; the latent scale is kept), as SD's ft-MSE autoencoder was made."""
@@ -230,7 +234,34 @@ def build_controlnet(init: str, size: int, seed: int, base: str = "") -> StableD
     return prior
 
 
-BUILDERS = {"2d": build_2d, "3d": build_3d, "vae": build_vae, "controlnet": build_controlnet}
+class EstimatorBuild:
+    """A depth or normal estimator being trained (:class:`priors.estimator.MapEstimator`): ``tiny`` a new
+    one, seeded, or the estimator folder ``init`` to train on."""
+
+    def __init__(self, kind: str, init: str):
+        from priors.estimator import WEIGHTS_NAME, MapEstimator, load_estimator
+
+        channels = 3 if kind == "normal" else 1
+        if init == "tiny":
+            self.net = MapEstimator(out_channels=channels)
+        else:
+            self.net = load_estimator(Path(init) / WEIGHTS_NAME, "cpu")
+            if self.net.config.out_channels != channels:
+                raise ValueError(f"{init}: a {self.net.config.out_channels}-channel estimator, not a {kind} one")
+        self.net.train()
+
+
+def build_estimator(kind: str):
+    def build(init: str, size: int, seed: int, base: str = "") -> EstimatorBuild:
+        torch.manual_seed(seed)
+        return EstimatorBuild(kind, init)
+
+    build.__doc__ = f"The {kind} estimator's network (:class:`EstimatorBuild`)."
+    return build
+
+
+BUILDERS = {"2d": build_2d, "3d": build_3d, "vae": build_vae, "controlnet": build_controlnet,
+            "depth": build_estimator("depth"), "normal": build_estimator("normal")}
 
 
 def _weights_folder(init: str, subfolders: tuple[str, ...], option: str = "--init") -> Path:
@@ -294,7 +325,7 @@ class ControlNetNet(torch.nn.Module):
 def trainable(kind: str, prior, decoder_only: bool = False) -> torch.nn.Module:
     """The module the optimiser updates."""
     return {"2d": lambda: prior.unet, "3d": lambda: Zero123Net(prior), "vae": lambda: VAENet(prior.vae, decoder_only),
-            "controlnet": lambda: ControlNetNet(prior)}[kind]()
+            "controlnet": lambda: ControlNetNet(prior), "depth": lambda: prior.net, "normal": lambda: prior.net}[kind]()
 
 
 def save_weights(kind: str, prior, out: Path) -> None:
@@ -313,6 +344,8 @@ def save_weights(kind: str, prior, out: Path) -> None:
             save_sd_parts(tmp, prior.vae, prior.text, prior.scheduler, None)
         elif kind == "controlnet":
             prior.controlnet.save_pretrained(tmp / "controlnet")
+        elif kind in ESTIMATORS:
+            prior.net.save_pretrained(tmp)
         else:
             prior.parts.save_pretrained(tmp)
     finally:
@@ -333,7 +366,73 @@ def use_line(kind: str, out: Path) -> str:
         return f"--set priors.sd15={out} (or --base {out} of train-2d / train-3d)"
     if kind == "controlnet":
         return f"--set priors.controlnet_normal={out / 'controlnet'}"
+    if kind in ESTIMATORS:
+        from priors.estimator import WEIGHTS_NAME
+
+        return f"--set priors.sapiens_{kind}={out} --set priors.sapiens_{kind}_file={WEIGHTS_NAME}"
     return f"--set priors.prior_3d_diffusers={out}"
+
+
+# --- the estimators' objective --------------------------------------------------------------------
+
+def sapiens_normalise(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] normalised as :class:`priors.sapiens.SapiensEstimator` feeds its model."""
+    from priors.sapiens import MEAN, STD
+
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    return (images - mean) / std
+
+
+def augment(images, maps, masks, kind: str, g: torch.Generator):
+    """A random crop of each row (70-100 % of each side, anywhere: the estimator sees photos of other
+    framings and aspect ratios squeezed to its 4:3 input) and a horizontal flip of half of them (a normal's
+    x component changes sign), all resized back to the data's side."""
+    n, s = len(images), images.shape[-1]
+    out = [[], [], []]
+    frac = 0.7 + 0.3 * torch.rand(n, 2, generator=g)
+    corner = torch.rand(n, 2, generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    sign = torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+    for i in range(n):
+        h, w = int(round(frac[i, 0].item() * s)), int(round(frac[i, 1].item() * s))
+        y, x = int(corner[i, 0].item() * (s - h)), int(corner[i, 1].item() * (s - w))
+        for k, t in enumerate((images, maps, masks)):
+            crop = F.interpolate(t[i:i + 1, :, y:y + h, x:x + w], (s, s), mode="bilinear", align_corners=False)
+            if flip[i]:
+                crop = crop.flip(-1) * (sign if k == 1 and kind == "normal" else 1.0)
+            out[k].append(crop)
+    images, maps, masks = (torch.cat(v) for v in out)
+    return images, maps, (masks > 0.5).float()
+
+
+def estimator_loss(model, images, maps, masks, kind: str, dev) -> torch.Tensor:
+    """Depth: the mean squared error inside the mask of each map less its mean there (the target is the
+    depth image's far-larger [0, 1] range; the output is min-max normalised where used, so its offset
+    does not count, and a fixed scale keeps its sign); normal: 1 - cosine inside the mask. Both at the
+    estimator's output resolution."""
+    pred = model(sapiens_normalise(images.to(dev))).float()
+    size = pred.shape[-2:]
+    target = F.interpolate(maps.to(dev), size, mode="bilinear", align_corners=False)
+    mask = (F.interpolate(masks.to(dev), size, mode="bilinear", align_corners=False) > 0.5).float()
+    count = mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
+    if kind == "normal":
+        cos = F.cosine_similarity(pred, target, dim=1, eps=1e-6)[:, None]
+        return (((1 - cos) * mask).sum(dim=(1, 2, 3)) / count).mean()
+    centred = []
+    for v in (pred, target):
+        mean = (v * mask).sum(dim=(1, 2, 3), keepdim=True) / count.view(-1, 1, 1, 1)
+        centred.append((v - mean) * mask)
+    return (((centred[0] - centred[1]) ** 2).sum(dim=(1, 2, 3)) / count).mean()
+
+
+def map_picture(maps: torch.Tensor, masks: torch.Tensor, kind: str) -> torch.Tensor:
+    """Maps ``[B, C, H, W]`` as images in [0, 1]: normals as normal images, depth min-max normalised in the
+    mask, near bright (the pictures ``geneman data render`` writes)."""
+    from priors.adapted import depth_image, normal_image
+
+    if kind == "normal":
+        return normal_image(F.normalize(maps, dim=1), masks)
+    return depth_image(maps, masks)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -386,8 +485,8 @@ class Trainer:
         self.cfg, self.data, self.out, self.general = cfg, Path(data), Path(out), general
         self.manifest = data_manifest(self.data)
         self.size = cfg.size or int(self.manifest.get("size", 0)) or 64
-        reader = {"2d": CaptionedImages, "vae": CaptionedImages, "3d": ViewPairs,
-                  "controlnet": ControlledImages}[cfg.kind]
+        reader = {"2d": CaptionedImages, "vae": CaptionedImages, "3d": ViewPairs, "controlnet": ControlledImages,
+                  "depth": partial(MapImages, kind="depth"), "normal": partial(MapImages, kind="normal")}[cfg.kind]
         self.dataset = reader(self.data, self.size)
         self.general_set = reader(general, self.size) if general is not None else None
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -408,6 +507,9 @@ class Trainer:
         n_general = len(self.general_set) if self.general_set is not None else 0
         main, extra = _rows(cfg.batch_size, len(self.dataset), n_general, cfg.general_ratio, g)
         batches = [self.dataset.batch(main)] + ([self.general_set.batch(extra)] if len(extra) else [])
+        if cfg.kind in ESTIMATORS:
+            images, maps, masks = (torch.cat([b[i] for b in batches]) for i in range(3))
+            return estimator_loss(model, *augment(images, maps, masks, cfg.kind, g), cfg.kind, dev)
         if cfg.kind == "vae":
             images = torch.cat([b[0] for b in batches]).to(dev)
             latent = self.size // self.prior_scale
@@ -510,6 +612,15 @@ class Trainer:
     def write_samples(self, step: int) -> Path:
         """``samples/step_XXXXXXXX.png``: 2D, four captions' samples; 3D, rows of source | sample | truth
         for up to four pairs. DDIM, 20 steps, from a fixed seed (so steps compare); RNG-neutral."""
+        if self.cfg.kind in ESTIMATORS:
+            images, maps, masks = (v.to(self.accelerator.device) for v in self.dataset.batch(
+                torch.arange(min(8, len(self.dataset)))))
+            net = self.prior.net.eval()
+            pred = F.interpolate(net(sapiens_normalise(images)), images.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+            net.train()
+            return self._write_grid([images, map_picture(pred, masks, self.cfg.kind),
+                                     map_picture(maps, masks, self.cfg.kind)], step)
         if self.cfg.kind == "vae":
             images = self.dataset.batch(torch.arange(min(8, len(self.dataset))))[0].to(self.accelerator.device)
             vae = self.prior.vae

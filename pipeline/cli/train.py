@@ -1,5 +1,5 @@
 """The training sub-commands: ``geneman data synth|render`` and ``geneman prior train-2d|train-3d|train-vae|
-train-controlnet``.
+train-controlnet|train-depth|train-normal``.
 
 Logic lives in :mod:`training` (synth, render, train); this module parses, wires the run store's
 checkpoints, stop signals and progress into the trainer, and turns the packages' ``ValueError`` into
@@ -23,7 +23,8 @@ TRAIN_CONFIG = "train_config.json"
 def add_parsers(sub) -> None:
     """Add ``data`` and ``prior`` to the ``geneman`` parser."""
     _data_parsers(sub)
-    prior = sub.add_parser("prior", help="train the 2D or 3D prior, a VAE or a ControlNet on rendered data")
+    prior = sub.add_parser("prior", help="train the 2D or 3D prior, a VAE, a ControlNet or a depth / normal "
+                                         "estimator on rendered data")
     kinds = prior.add_subparsers(dest="prior_command", required=True)
     for kind, arch, lr in TRAINERS:
         _train_parser(kinds, kind, arch, lr)
@@ -34,8 +35,16 @@ TRAINERS = (("2d", "an SD-architecture UNet on DATA/2d's captioned images", "1e-
             ("vae", "the KL autoencoder (with a text encoder and scheduler beside it: a whole SD base) "
                     "on DATA/2d's images", "1e-4"),
             ("controlnet", "a normal-map ControlNet for the 2D prior --init on DATA/2d's images "
-                           "under DATA/normal's", "1e-5"))
+                           "under DATA/normal's", "1e-5"),
+            ("depth", "a depth estimator with the Sapiens depth model's interface on DATA/2d's images and "
+                      "DATA/depth's maps", "1e-3"),
+            ("normal", "a normal estimator with the Sapiens normal model's interface on DATA/2d's images and "
+                       "DATA/normal's maps", "1e-3"))
 """``(kind, what it trains, its default learning rate as the help shows it)`` of ``geneman prior train-KIND``."""
+OBJECTIVES = {"vae": "reconstruction MSE and a KL term, AdamW",
+              "depth": "MSE of the depth less its mean inside the mask, AdamW, random crops and flips",
+              "normal": "1 - cosine inside the mask, AdamW, random crops and flips"}
+"""The objective the help names, where it is not the diffusion priors' epsilon objective."""
 
 
 def _data_parsers(sub) -> None:
@@ -72,9 +81,10 @@ def _data_parsers(sub) -> None:
 
 
 def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
+    objective = OBJECTIVES.get(kind, "epsilon objective, AdamW, classifier-free condition drop")
     p = kinds.add_parser(f"train-{kind}", help=f"train {arch}",
-                         description=f"Train {arch} (epsilon objective, AdamW, classifier-free condition "
-                                     "drop). Rerunning with the same OUT resumes from its newest checkpoint; "
+                         description=f"Train {arch} ({objective}). Rerunning with the same OUT resumes from its "
+                                     "newest checkpoint; "
                                      "several processes: `accelerate launch -m pipeline.cli.main prior ...`. "
                                      "OUT ends up holding the weights in the layout the run's priors load.")
     p.add_argument("data", type=Path, metavar="DATA", help="a `geneman data render` output"
@@ -83,6 +93,9 @@ def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
     if kind == "controlnet":
         p.add_argument("--init", required=True, metavar="PRIOR_2D",
                        help="the 2D prior it steers (a train-2d output or an SD 1.5 folder with unet/), frozen")
+    elif kind in ("depth", "normal"):
+        p.add_argument("--init", default="tiny",
+                       help=f"tiny (a new estimator) or a train-{kind} output to train on")
     else:
         p.add_argument("--init", default="tiny",
                        help="tiny (from scratch, the tiny architecture at the data's size) or a diffusers folder "
@@ -95,15 +108,17 @@ def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
         p.add_argument("--base", default="", metavar="DIR",
                        help="with --init tiny: the frozen VAE, text encoder and scheduler of this SD folder "
                             "(a train-vae output) instead of new random ones")
+    paper = "the paper's " if kind in ("2d", "3d") else ""
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: the paper's {lr})")
+    p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: {paper}{lr})")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
-    p.add_argument("--uncond-prob", type=float, default=0.1,
-                   help="probability of dropping the condition (default: %(default)s)")
+    if kind not in ("depth", "normal", "vae"):
+        p.add_argument("--uncond-prob", type=float, default=0.1,
+                       help="probability of dropping the condition (default: %(default)s)")
     p.add_argument("--general", type=Path, metavar="DIR",
                    help="general data mixed in (" + ("an image folder" if kind in ("2d", "vae") else
-                                                     "a `geneman data render` output of other objects") + ")")
+                                                     "a `geneman data render` output of other subjects") + ")")
     p.add_argument("--general-ratio", type=float, default=0.0, metavar="R",
                    help="probability that a row is general data (default: %(default)s)")
     p.add_argument("--size", type=int, default=0, help="image side trained at (default: the data's)")
@@ -164,7 +179,8 @@ def _config(args):
     from training.train import TrainConfig
 
     return TrainConfig(kind=args.prior_command.split("-")[1], steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, uncond_prob=args.uncond_prob, general_ratio=args.general_ratio,
+                       weight_decay=args.weight_decay, uncond_prob=getattr(args, "uncond_prob", 0.1),
+                       general_ratio=args.general_ratio,
                        init=args.init, base=getattr(args, "base", ""),
                        decoder_only=getattr(args, "decoder_only", False),
                        size=args.size, save_every=args.save_every, sample_every=args.sample_every, seed=args.seed)
@@ -219,7 +235,8 @@ def cmd_prior(args) -> int:
         finally:
             progress.close()
     if main:
-        what = f"the {cfg.kind} prior" if cfg.kind in ("2d", "3d") else f"the {cfg.kind}"
+        what = {"2d": "the 2d prior", "3d": "the 3d prior", "depth": "the depth estimator",
+                "normal": "the normal estimator"}.get(cfg.kind, f"the {cfg.kind}")
         print(f"trained {what} for {cfg.steps} steps: loss {summary['loss_first_20']} (first 20) -> "
               f"{summary['loss_last_20']} (last 20); weights in {args.out}; use it with {summary['use']}")
     return 0

@@ -15,14 +15,14 @@ from priors.registry import PriorSet
 from priors.weights import BUNDLED, BUNDLED_DIR, STAGES, check, inside_bundle
 from training import bundle
 
-DEMO_STAGES = [s for s in STAGES if s != "preprocess"]  # no Sapiens ships: preprocess runs without it
+DEMO_STAGES = list(STAGES)  # preprocess too: the bundle's estimators stand in for Sapiens
 
 
 def test_the_bundle_holds_every_weight_the_demo_preset_loads():
     cfg = load_config("demo")
-    assert cfg.priors.weights_dir == BUNDLED and cfg.priors.sapiens_optional
+    assert cfg.priors.weights_dir == BUNDLED and not cfg.priors.sapiens_optional
     rows = check(cfg.priors, DEMO_STAGES, run_cfg=cfg)
-    assert [r.spec.key for r in rows if not r.found] == [] and len(rows) == 7
+    assert [r.spec.key for r in rows if not r.found] == [] and len(rows) == 9
     assert all(Path(r.folder).is_relative_to(BUNDLED_DIR) for r in rows)
 
 
@@ -40,7 +40,7 @@ def test_the_bundle_is_what_its_record_says_half_precision_and_small():
     work = Path(record["steps"][0]["command"][6]).parent
     assert [s["command"][1:] for s in record["steps"]] == [c for _, c in bundle.commands(work)]
     assert record["train_seed"] == bundle.TRAIN_SEED and record["render_seed"] == bundle.RENDER_SEED
-    for step in record["steps"][2:]:
+    for step in (s for s in record["steps"] if s["name"] not in bundle.DATA_STEPS):
         if step["name"] != "controlnet":  # starts as the 2D prior itself (zero residuals): see docs/BENCHMARKS.md
             assert step["loss_last_20"] < step["loss_first_20"], step["name"]
 
@@ -66,6 +66,7 @@ def small_bundle(tmp_path_factory, monkeypatch_module) -> Path:
     monkeypatch_module.setattr(bundle, "TRAIN_PEOPLE", 2)
     monkeypatch_module.setattr(bundle, "VIEWS_2D", 3)
     monkeypatch_module.setattr(bundle, "VIEWS_3D", 2)
+    monkeypatch_module.setattr(bundle, "MAPS_VIEWS", 3)
     monkeypatch_module.setattr(bundle, "TRAIN", tuple((n, k, s, 2, lr, e) for n, k, s, _, lr, e in bundle.TRAIN))
     assert bundle.main(["--work", str(root / "work"), "--out", str(root / "bundled")]) == 0
     return root / "bundled"
@@ -95,3 +96,5 @@ def test_the_demo_preset_makes_an_avatar_from_the_example_photo(small_bundle, tm
     photo = Path(__file__).resolve().parents[2] / "examples" / "demo_person.png"
     assert main(["run", str(photo), "-o", str(out), "--preset", "demo", *sets, "--quiet"]) == 0
     assert {"avatar.glb", "turntable.mp4", "preview.png"} <= {p.name for p in (out / "final").iterdir()}
+    with safe_open(str(out / "00_preprocess" / "result" / "inputs.safetensors"), "pt") as f:
+        assert {"depth", "normal"} <= set(f.keys())  # the bundle's estimators ran in preprocess

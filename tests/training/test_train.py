@@ -51,7 +51,7 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
-@pytest.mark.parametrize("kind", ["2d", "3d", "vae", "controlnet"])
+@pytest.mark.parametrize("kind", ["2d", "3d", "vae", "controlnet", "depth", "normal"])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(kind, data, trained, tmp_path):
     init = str(trained["2d"]) if kind == "controlnet" else "tiny"
     trainer = Trainer(TrainConfig(kind, steps=30, batch_size=8, lr=1e-3, save_every=100, init=init), data,
@@ -197,6 +197,33 @@ def test_trained_outputs_load_through_priorset_and_guide_an_sds_step(trained):
     assert log["data_manifest"]["seed"] == 2 and log["command"][:3] == ["geneman", "prior", "train-3d"]
 
 
+def test_a_trained_estimator_stands_in_for_sapiens(data, tmp_path, capsys):
+    """train-depth / train-normal outputs load where Sapiens' TorchScript goes (no trust needed: weights
+    only) and give preprocess masked maps of the photo's size; a depth one given as normal is refused."""
+    from priors.estimator import WEIGHTS_NAME
+    from priors.sapiens import load_estimators
+    from priors.weights import verify_code_weights
+
+    outs = {k: tmp_path / k for k in ("depth", "normal")}
+    for kind, out in outs.items():
+        assert _train(kind, data, out, "--steps", "3", "--batch-size", "2", "--save-every", "2") == 0
+        assert json.loads((out / "train.json").read_text())["use"] == (
+            f"--set priors.sapiens_{kind}={out.resolve()} --set priors.sapiens_{kind}_file={WEIGHTS_NAME}")
+    cfg = Config(sapiens_depth=str(outs["depth"]), sapiens_depth_file=WEIGHTS_NAME,
+                 sapiens_normal=str(outs["normal"]), sapiens_normal_file=WEIGHTS_NAME)
+    verify_code_weights(cfg, ["preprocess"])
+    est = load_estimators(cfg, "cpu")
+    image, mask = torch.rand(1, 3, 90, 60), torch.zeros(1, 1, 90, 60)
+    mask[..., 20:70, 15:45] = 1
+    depth, normal = est["depth"](image, mask), est["normal"](image, mask)
+    assert depth.shape == (1, 1, 90, 60) and normal.shape == (1, 3, 90, 60)
+    assert depth[mask > 0].min() == 0 and depth[mask > 0].max() == 1 and depth[mask == 0].abs().max() == 0
+    assert torch.allclose(normal.norm(dim=1)[mask[:, 0] > 0], torch.ones(())) and normal[:, :, 0].abs().max() == 0
+    swapped = replace(cfg, sapiens_normal=str(outs["depth"]))
+    with pytest.raises(ValueError, match="1-channel estimator given as priors.sapiens_normal"):
+        load_estimators(swapped, "cpu")
+
+
 def _err(capsys, kind, *argv) -> tuple[int, str]:
     code = main(["prior", f"train-{kind}", *map(str, argv), "--quiet"])
     return code, capsys.readouterr().err.strip()
@@ -230,6 +257,12 @@ def test_bad_data_and_options_get_one_line_errors(data, trained, tmp_path, capsy
     shutil.rmtree(broken / "normal")
     code, err = _err(capsys, "controlnet", broken, "-o", tmp_path / "o", "--init", trained["2d"])
     assert code == 2 and "holds no normal/ images beside 2d/" in err
+    shutil.rmtree(broken / "depth")
+    code, err = _err(capsys, "depth", broken, "-o", tmp_path / "o")
+    assert code == 2 and "holds no normal/ images beside 2d/" in err
+    shutil.copytree(data / "normal", broken / "normal")
+    code, err = _err(capsys, "depth", broken, "-o", tmp_path / "o")
+    assert code == 2 and "holds no depth/ images beside 2d/" in err
     code, err = _err(capsys, "2d", data, "-o", tmp_path / "o", "--base", tmp_path / "empty")
     assert code == 2 and "--base must be a diffusers folder with vae, text_encoder" in err
     before = _weights(trained["3d"])
