@@ -16,7 +16,7 @@ def common(p: argparse.ArgumentParser) -> None:
 
 def config_args(p: argparse.ArgumentParser, preset_default: str | None) -> None:
     """Add the flags that make a run config: ``--preset --config --set --device --weights``."""
-    p.add_argument("--preset", default=preset_default, help="paper, release or cpu (default: %(default)s)")
+    p.add_argument("--preset", default=preset_default, help="paper, release, cpu or demo (default: %(default)s)")
     p.add_argument("--config", help="YAML file merged over the preset")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set geometry_init.steps=100 (repeatable)")
