@@ -1,6 +1,7 @@
 """Fixtures for pipeline tests: a small RGBA photo of a figure, tiny weights, tiny stage sizes and a
 subprocess driver."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,15 @@ def photo(tmp_path) -> Path:
     return write_person(tmp_path / "person.png")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def drive(*args: str, env: dict | None = None, wait: bool = True):
     """Run ``python -m tests.drive ARGS`` (the real session code with test-double stages)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     cmd = [sys.executable, "-m", "tests.drive", *map(str, args)]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:  # SIGINT as a terminal's shell leaves it (a suite started in the background has it ignored)
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
