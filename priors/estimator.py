@@ -23,6 +23,8 @@ from diffusers.models.modeling_utils import ModelMixin
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 """The weights file of an estimator folder (``priors.sapiens_<kind>_file`` names it)."""
+CHANNELS = {"depth": 1, "normal": 3}
+"""Output channels of each kind of estimator."""
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> torch.nn.Sequential:
@@ -66,12 +68,13 @@ class MapEstimator(ModelMixin, ConfigMixin):
         return self.head(x)
 
 
-def load_estimator(path: Path, device: torch.device | str) -> MapEstimator:
-    """The estimator whose weights are ``path`` (its ``config.json`` beside it), in float32 (the bundled
-    copies are stored in float16).
+def load_estimator(path: Path, device: torch.device | str, kind: str, role: str) -> MapEstimator:
+    """The ``kind`` estimator whose weights are ``path`` (its ``config.json`` beside it), in float32 (the
+    bundled copies are stored in float16); ``role`` names where it was given, for the error.
 
     Raises:
-        ValueError: the config or weights cannot be read (one line naming the file).
+        ValueError: the config or weights cannot be read, or the estimator is of the other kind (one line
+            naming the file).
     """
     from safetensors.torch import load_file
 
@@ -84,4 +87,7 @@ def load_estimator(path: Path, device: torch.device | str) -> MapEstimator:
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise ValueError(f"{path}: not a geneman depth/normal estimator ({str(e).splitlines()[0]}); "
                          f"train one with `geneman prior train-depth|train-normal`") from None
+    if net.config.out_channels != CHANNELS[kind]:
+        raise ValueError(f"{path}: a {net.config.out_channels}-channel estimator given as {role}; give a "
+                         f"train-{kind} output")
     return net.to(device).eval()

@@ -23,6 +23,12 @@ MEAN = (123.5 / 255, 116.5 / 255, 103.5 / 255)
 STD = (58.5 / 255, 57.0 / 255, 57.5 / 255)
 
 
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` images in [0, 1] normalised with Sapiens' mean and std, as its models take them."""
+    mean, std = (torch.tensor(v, device=image.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    return (image - mean) / std
+
+
 class SapiensEstimator:
     """A Sapiens TorchScript model with its pre- and post-processing.
 
@@ -54,11 +60,7 @@ class SapiensEstimator:
         root = resolve(cfg, all_weights(cfg)[f"sapiens_{kind}"])
         path = root / getattr(cfg, f"sapiens_{kind}_file")
         if path.suffix == ".safetensors":  # a geneman estimator: weights only, nothing to trust
-            module = load_estimator(path, device)
-            if module.config.out_channels != (3 if kind == "normal" else 1):
-                raise ValueError(f"{path}: a {module.config.out_channels}-channel estimator given as "
-                                 f"priors.sapiens_{kind}; give a train-{kind} output")
-            return cls(module, kind)
+            return cls(load_estimator(path, device, kind, f"priors.sapiens_{kind}"), kind)
         with open(path, "rb") as f:
             verify_code_weight(f, path, cfg.trust_weights)
             with warnings.catch_warnings():  # the released files are TorchScript, deprecated in recent torch
@@ -75,9 +77,8 @@ class SapiensEstimator:
         """
         h, w = image.shape[-2:]
         x = F.interpolate(image, INPUT_SIZE, mode="bilinear", align_corners=False)
-        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
         dtype = next(iter(self.module.parameters()), torch.empty(0)).dtype
-        out = self.module(((x - mean) / std).to(dtype)).float()
+        out = self.module(normalise(x).to(dtype)).float()
         out = F.interpolate(out, (h, w), mode="bilinear", align_corners=False)
         inside = mask > 0.5
         if self.kind == "normal":

@@ -38,6 +38,7 @@ from diffusers import DDIMScheduler
 
 from priors.prior_2d import StableDiffusionSDS, load_sd_parts, save_sd_parts
 from priors.prior_3d import Zero123SDS
+from priors.sapiens import normalise
 from priors.text import PromptEncoder
 from priors.zero123_parts import Zero123Parts
 from stages.loop import Checkpoint
@@ -239,15 +240,12 @@ class EstimatorBuild:
     one, seeded, or the estimator folder ``init`` to train on."""
 
     def __init__(self, kind: str, init: str):
-        from priors.estimator import WEIGHTS_NAME, MapEstimator, load_estimator
+        from priors.estimator import CHANNELS, WEIGHTS_NAME, MapEstimator, load_estimator
 
-        channels = 3 if kind == "normal" else 1
         if init == "tiny":
-            self.net = MapEstimator(out_channels=channels)
+            self.net = MapEstimator(out_channels=CHANNELS[kind])
         else:
-            self.net = load_estimator(Path(init) / WEIGHTS_NAME, "cpu")
-            if self.net.config.out_channels != channels:
-                raise ValueError(f"{init}: a {self.net.config.out_channels}-channel estimator, not a {kind} one")
+            self.net = load_estimator(Path(init) / WEIGHTS_NAME, "cpu", kind, f"--init of train-{kind}")
         self.net.train()
 
 
@@ -375,14 +373,6 @@ def use_line(kind: str, out: Path) -> str:
 
 # --- the estimators' objective --------------------------------------------------------------------
 
-def sapiens_normalise(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] normalised as :class:`priors.sapiens.SapiensEstimator` feeds its model."""
-    from priors.sapiens import MEAN, STD
-
-    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (MEAN, STD))
-    return (images - mean) / std
-
-
 def augment(images, maps, masks, kind: str, g: torch.Generator):
     """A random crop of each row (70-100 % of each side, anywhere: the estimator sees photos of other
     framings and aspect ratios squeezed to its 4:3 input) and a horizontal flip of half of them (a normal's
@@ -410,7 +400,7 @@ def estimator_loss(model, images, maps, masks, kind: str, dev) -> torch.Tensor:
     depth image's far-larger [0, 1] range; the output is min-max normalised where used, so its offset
     does not count, and a fixed scale keeps its sign); normal: 1 - cosine inside the mask. Both at the
     estimator's output resolution."""
-    pred = model(sapiens_normalise(images.to(dev))).float()
+    pred = model(normalise(images.to(dev))).float()
     size = pred.shape[-2:]
     target = F.interpolate(maps.to(dev), size, mode="bilinear", align_corners=False)
     mask = (F.interpolate(masks.to(dev), size, mode="bilinear", align_corners=False) > 0.5).float()
@@ -616,7 +606,7 @@ class Trainer:
             images, maps, masks = (v.to(self.accelerator.device) for v in self.dataset.batch(
                 torch.arange(min(8, len(self.dataset)))))
             net = self.prior.net.eval()
-            pred = F.interpolate(net(sapiens_normalise(images)), images.shape[-2:], mode="bilinear",
+            pred = F.interpolate(net(normalise(images)), images.shape[-2:], mode="bilinear",
                                  align_corners=False)
             net.train()
             return self._write_grid([images, map_picture(pred, masks, self.cfg.kind),

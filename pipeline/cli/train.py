@@ -45,6 +45,8 @@ OBJECTIVES = {"vae": "reconstruction MSE and a KL term, AdamW",
               "depth": "MSE of the depth less its mean inside the mask, AdamW, random crops and flips",
               "normal": "1 - cosine inside the mask, AdamW, random crops and flips"}
 """The objective the help names, where it is not the diffusion priors' epsilon objective."""
+ESTIMATORS = ("depth", "normal")
+"""The kinds that are no diffusion model (``training.train.ESTIMATORS``; not imported: torch waits)."""
 
 
 def _data_parsers(sub) -> None:
@@ -93,7 +95,7 @@ def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
     if kind == "controlnet":
         p.add_argument("--init", required=True, metavar="PRIOR_2D",
                        help="the 2D prior it steers (a train-2d output or an SD 1.5 folder with unet/), frozen")
-    elif kind in ("depth", "normal"):
+    elif kind in ESTIMATORS:
         p.add_argument("--init", default="tiny",
                        help=f"tiny (a new estimator) or a train-{kind} output to train on")
     else:
@@ -113,7 +115,7 @@ def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: {paper}{lr})")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
-    if kind not in ("depth", "normal", "vae"):
+    if kind not in (*ESTIMATORS, "vae"):
         p.add_argument("--uncond-prob", type=float, default=0.1,
                        help="probability of dropping the condition (default: %(default)s)")
     p.add_argument("--general", type=Path, metavar="DIR",
