@@ -32,6 +32,7 @@ from pipeline.run import session
 from pipeline.run.models import resolve_device
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
 from pipeline.run.store import atomic_write_bytes
+from pipeline.run.targets import check_writable
 from priors.lpips import LPIPS
 from priors.weights import all_weights, check_one
 from stages.render.cameras import reference_camera, turntable
@@ -43,6 +44,9 @@ log = logging.getLogger("geneman")
 GEOMETRY_STAGES = ("geometry_init", "geometry_sculpt")
 RUN = "run"
 REFERENCE = "reference.png"
+SUBJECT = "subject.glb"
+WRITTEN = ("bench.json", "recon.glb", REFERENCE, SUBJECT)
+"""The files a bench writes into OUT (beside the run folder ``OUT/run/``)."""
 TURNTABLE_VIEWS = 120
 
 
@@ -58,17 +62,28 @@ def subject_file(subject: str, out: Path) -> Path:
         return path
     if subject in SUBJECTS:
         out.mkdir(parents=True, exist_ok=True)
-        return write_subject(subject, out / "subject.glb")
+        return write_subject(subject, out / SUBJECT)
     raise InputError(f"subject {subject}: no such file, and not a built-in subject ({', '.join(SUBJECTS)}); "
                      "give a GLB, OBJ or PLY mesh")
 
 
 def load_subject(path: Path) -> SubjectMesh:
-    """The subject mesh, or an InputError naming the file and what is wrong."""
+    """The subject mesh, checked by :func:`evaluation.meshes.load_mesh` before anything is made of it
+    (finite coordinates, an extent, face indices in range, textures bounded), or an InputError naming the
+    file and what is wrong."""
     try:
         return load_mesh(path)
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def frame(mesh: SubjectMesh, path: Path, cfg: RunConfig) -> Framing:
+    """The subject framed as preprocess frames a photo, or an InputError when the reference camera cannot
+    see it."""
+    try:
+        return frame_subject(mesh, cfg.preprocess.canvas, cfg.preprocess.fill)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}; is it +Y up and facing +Z?") from None
 
 
 def reference_photo(renderer: SubjectRenderer, cfg: RunConfig, out: Path) -> tuple[Path, dict[str, np.ndarray]]:
@@ -174,10 +189,11 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
     stage's ``seconds`` is from the run that made its result; ``wall_s`` is this call's."""
     t0 = time.monotonic()
     out = Path(out)
+    check_writable(out, WRITTEN, [RUN])
     path = subject_file(subject, out)
     mesh = load_subject(path)
+    framing = frame(mesh, path, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    framing = frame_subject(mesh, cfg.preprocess.canvas, cfg.preprocess.fill)
     renderer = SubjectRenderer(mesh, framing)
     photo, truth = reference_photo(renderer, cfg, out)
     stages = built_stages()
