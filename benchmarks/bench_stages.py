@@ -364,6 +364,9 @@ class Recorder:
     def step_done(self, step, losses, objects) -> None:
         self.clock.step_done(step)
 
+    def check_stop(self) -> None:
+        pass
+
 
 class RSSSampler(threading.Thread):
     """Peak resident set size of this process, sampled every ``period`` seconds while running."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -154,14 +155,18 @@ class SDFNetwork(nn.Module):
         return out[:, 0], torch.tanh(out[:, 1:]) * (self.deform_scale * self.cell)
 
 
-def fit_sdf(net: SDFNetwork, pool: tuple[Tensor, Tensor], cfg: "Config", gen: torch.Generator) -> Tensor:
+def fit_sdf(net: SDFNetwork, pool: tuple[Tensor, Tensor], cfg: "Config", gen: torch.Generator,
+            check_stop: Callable[[], None] = lambda: None) -> Tensor:
     """Fit the network's SDF to the stage-1 mesh's (MSE; threestudio's ``initialize_shape``) on the point
-    pool of :func:`sdf_pool`; returns the last loss. Offsets start at zero (not trained here)."""
+    pool of :func:`sdf_pool`; returns the last loss. Offsets start at zero (not trained here).
+    ``check_stop`` is called before each fitting step (``ckpt.check_stop``: a stop signal ends the fit at
+    once instead of after its last step)."""
     net.set_step(10**9)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.init_lr)
     pool, sdf = pool[0].cpu(), pool[1].cpu()
     loss = torch.zeros(())
     for _ in range(cfg.init_steps):
+        check_stop()
         pick = torch.randint(0, pool.shape[0], (min(cfg.init_points, pool.shape[0]),), generator=gen)
         pred, _ = net(pool[pick].to(_device(net)))
         loss = F.mse_loss(pred, sdf[pick].to(pred))
@@ -321,7 +326,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
     if start == 0:
         log.info("geometry_sculpt: %d tets in a %.0f-cell band of the %d^3 grid; fitting the SDF to the stage-1 mesh",
                  6 * grid.cubes.shape[0], cfg.band, cfg.tet_grid)
-        fit_sdf(net, pool, cfg, init_gen)
+        fit_sdf(net, pool, cfg, init_gen, ckpt.check_stop)
     centres = part_centres(inputs, cfg)
     if centres is None and cfg.parts.enabled:
         log.warning("geometry_sculpt: no body landmarks; guidance cameras are full-body only (no head / upper / "

@@ -1,5 +1,6 @@
 """What the four stages' loops share: loss weights at a step, the one weighted sum, guidance terms,
-the optimiser from named parameter groups, mixed precision, and the ``Checkpoint`` protocol.
+the optimiser from named parameter groups, mixed precision, deterministic CPU kernels, and the
+``Checkpoint`` protocol.
 
 A stage's config names each loss weight ``lambda_<loss>``; its loop builds a ``dict[str, Tensor]``
 keyed by ``<loss>``. :func:`weighted_sum` fails on a loss without a weight, and a test walks every
@@ -33,6 +34,10 @@ class Checkpoint(Protocol):
 
     def step_done(self, step: int, losses: dict[str, Tensor | float], objects: dict[str, Any]) -> None:
         """Report a finished step (losses may stay tensors); checkpoint when due or asked to stop."""
+
+    def check_stop(self) -> None:
+        """Stop now, saving nothing, when asked to stop: for long work before the first step (stage 2's
+        SDF fit), which a resume does again from its start."""
 
 
 def loss_names(cfg: Any) -> list[str]:
@@ -126,6 +131,27 @@ def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextM
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """PyTorch's deterministic kernels while a stage runs on CPU; the previous setting after it.
+
+    With more than one thread, CPU ``index_put_(accumulate=True)`` (the backward of every ``x[idx]``
+    gather: face vertices, edge ends, hash-table rows read by autograd) adds in thread order, so two
+    runs of stage 2 on 2 threads drifted apart by 1e-5 in a few steps. The deterministic kernel sorts
+    the indices first; ``benchmarks/bench_determinism.py`` measures what it costs. On CUDA nothing
+    changes (only CPU results are promised bitwise)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 def stage_device(priors: Any) -> torch.device:

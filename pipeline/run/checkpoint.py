@@ -182,6 +182,13 @@ class Checkpointer:
             raise Interrupted(f"stopped by {self.stop.name} at step {step}/{self.total}; checkpoint written, "
                               "continue with `geneman resume`")
 
+    def check_stop(self) -> None:
+        """Raise :class:`Interrupted` when a stop signal has arrived, saving nothing: called by work before
+        a stage's first step (stage 2's SDF fit), which a resume does again from its start."""
+        if self.stop.requested is not None:
+            raise Interrupted(f"stopped by {self.stop.name} before step 1/{self.total} (nothing to keep yet); "
+                              "continue with `geneman resume`")
+
     def save(self, step: int, objects: dict[str, Any]) -> Path:
         """Write a checkpoint for ``step`` now and prune old ones."""
         path = self.folder / f"step_{step:08d}.pt"

@@ -29,6 +29,7 @@ from pipeline.run.signals import StopSignals
 from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now, sha256_file
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
+from stages.loop import deterministic, stage_device
 
 log = logging.getLogger("geneman")
 
@@ -224,7 +225,8 @@ class Runner:
                             self.cfg.checkpoint.keep_last, progress, self.stop,
                             on_step=lambda step, saved: self._on_step(rec, step, saved))
         try:
-            result = spec.module.run(stage_cfg, inputs, previous, self.priors, ckpt)
+            with deterministic(stage_device(self.priors)):
+                result = spec.module.run(stage_cfg, inputs, previous, self.priors, ckpt)
         except BaseException as e:
             self._stage_error(rec, spec.name, folder, e)
             raise StageFailed(f"stage {spec.name} failed at step {rec.step}/{rec.total}: {rec.error} (traceback in "

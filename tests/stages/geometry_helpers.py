@@ -52,6 +52,9 @@ class RecordingCheckpoint:
     def step_done(self, step, losses, objects) -> None:
         self.losses.append({k: float(torch.as_tensor(v)) for k, v in losses.items()})
 
+    def check_stop(self) -> None:
+        pass
+
 
 def walk_preset_losses(module, stage: str, preset: str, inputs, previous, priors, tmp_path: Path) -> None:
     """Run ``module.run`` for a window of steps at the start of ``preset``'s ``stage`` schedule and, when a

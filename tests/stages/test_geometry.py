@@ -118,3 +118,23 @@ def test_stage1_records_its_mesh_level_search(priors, inputs, tmp_path):
     chosen = result.args["mesh_level"]
     assert chosen["level"] in (0.5, 1.0) and set(chosen["iou"]) == {"0.5", "1"}
     assert chosen["iou"][f"{chosen['level']:g}"] == max(chosen["iou"].values())
+
+
+def test_a_stop_signal_during_stage2s_sdf_fit_stops_it_at_once(priors, inputs, stage1, tmp_path):
+    """A stop that has arrived while the fit runs (SIGINT waited ~85 s for a 1000-step fit to end): the fit's
+    next step raises ``Interrupted``, nothing is saved (a resume fits again from the start). Without the
+    check the fit ran to its end and the stop came at step 1, after a checkpoint."""
+    import signal
+
+    from pipeline.errors import Interrupted
+    from pipeline.run.checkpoint import Checkpointer
+    from pipeline.run.progress import Progress
+    from pipeline.run.signals import StopSignals
+
+    cfg = tiny_config("cpu", ["geometry_sculpt.steps=4", "geometry_sculpt.init_steps=200"]).geometry_sculpt
+    stop = StopSignals(())
+    stop.requested = signal.SIGINT
+    ckpt = Checkpointer(tmp_path / "ckpt", cfg.steps, 1, 2, Progress("geometry_sculpt", cfg.steps, quiet=True), stop)
+    with pytest.raises(Interrupted, match="before step 1/4"):
+        geometry_sculpt.run(cfg, inputs, stage1, priors, ckpt)
+    assert not list((tmp_path / "ckpt").glob("step_*"))
