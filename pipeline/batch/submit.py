@@ -56,6 +56,8 @@ LOCAL_TIME_MIN = 30 * 24 * 60
 """Time limit of a local job when ``--time`` is not given (submitit's local default is 2 minutes)."""
 LOCAL_STOP_GRACE_S = 60.0
 """Seconds a local job gets, after Ctrl-C, to checkpoint and end before it is killed."""
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a local batch as Ctrl-C does (``kill PID``, a closed terminal): its jobs checkpoint and end."""
 
 
 @dataclass
@@ -345,12 +347,12 @@ def run_local(out: Path, record: dict, executor, groups: list, jobs: list, optio
     """Run ``jobs`` on this machine, ``options.max_parallel`` (default 1) at a time; return when all ended.
 
     Images waiting for a job are recorded with this process's pid, each started job's images with
-    the job's pid. Ctrl-C (SIGINT to this process) stops the running jobs: each gets SIGTERM, writes
-    a checkpoint at its next step and ends (killed after :data:`LOCAL_STOP_GRACE_S` or a second
-    Ctrl-C); running the same command again continues them.
+    the job's pid. Ctrl-C (SIGINT to this process), SIGTERM or SIGHUP (:data:`FORWARDED_SIGNALS`) stops
+    the running jobs: each gets SIGTERM, writes a checkpoint at its next step and ends (killed after
+    :data:`LOCAL_STOP_GRACE_S` or a second signal); running the same command again continues them.
 
     Raises:
-        Interrupted: after Ctrl-C, once the jobs have ended (one line: how many were stopped).
+        Interrupted: after the signal, once the jobs have ended (one line: how many were stopped).
     """
     k = max(1, options.max_parallel or 1)
     pending, running = list(zip(groups, jobs)), []
@@ -359,41 +361,67 @@ def run_local(out: Path, record: dict, executor, groups: list, jobs: list, optio
         for name, _ in group:
             record["images"][name].update(waiting)
     save_record(out, record)
+    with _signals_as_interrupt():
+        try:
+            while pending or running:
+                running = [j for j in running if not j.done()]
+                while pending and len(running) < k:
+                    group, job = pending.pop(0)
+                    started = _start_local(executor, job)
+                    _note_job(out, record, group, started, options)
+                    running.append(started)
+                time.sleep(0.2)
+        except KeyboardInterrupt as e:
+            why = f" ({e.args[0]})" if isinstance(e, StopSignal) else ""
+            stopped = stop_local_jobs([j for j in running if not j.done()])
+            raise Interrupted(f"stopped {stopped} local job(s) of {out} after their last checkpoint{why}; run the "
+                              "same command again to continue") from None
+        finally:
+            _remove_empty(out / LOGS / "%j")
+
+
+class StopSignal(KeyboardInterrupt):
+    """A :data:`FORWARDED_SIGNALS` signal to a local batch, raised where Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    """While the block runs (in the main thread), SIGTERM and SIGHUP raise :class:`StopSignal`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise StopSignal(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handle) for s in FORWARDED_SIGNALS}
     try:
-        while pending or running:
-            running = [j for j in running if not j.done()]
-            while pending and len(running) < k:
-                group, job = pending.pop(0)
-                started = _start_local(executor, job)
-                _note_job(out, record, group, started, options)
-                running.append(started)
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        stopped = stop_local_jobs([j for j in running if not j.done()])
-        raise Interrupted(f"stopped {stopped} local job(s) of {out} after their last checkpoint; run the same "
-                          "command again to continue") from None
+        yield
     finally:
-        _remove_empty(out / LOGS / "%j")
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _start_local(executor, job):
-    """``executor.submit(job)`` with the package on PYTHONPATH and SIGINT ignored by the job's controller.
+    """``executor.submit(job)`` with the package on PYTHONPATH and SIGINT and SIGHUP ignored by the job's controller.
 
     submitit's controller shares our terminal: a Ctrl-C would also reach it and it would print a
-    KeyboardInterrupt traceback and kill the job a second later, before its checkpoint. Ignoring
-    SIGINT while it starts makes it inherit that (the job's own Python catches SIGINT again,
-    :mod:`pipeline.batch.boot`); :func:`stop_local_jobs` stops the jobs instead.
+    KeyboardInterrupt traceback and kill the job a second later, before its checkpoint (and a closed
+    terminal's SIGHUP would kill both at once). Ignoring SIGINT and SIGHUP while it starts makes it
+    inherit that (the job's own Python catches SIGINT again, :mod:`pipeline.batch.boot`);
+    :func:`stop_local_jobs` stops the jobs instead.
     """
     root = str(package_root())
     env = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = root + (os.pathsep + env if env else "")
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    ignored = (signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in ignored} if main_thread else {}
     try:
         return executor.submit(job)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
         if env is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -410,7 +438,7 @@ def stop_local_jobs(jobs: list, grace_s: float | None = None) -> int:
     for job in jobs:
         with contextlib.suppress(OSError):
             os.kill(int(job.job_id), signal.SIGTERM)
-    log.warning("batch: stopping %d local job(s) (%s) at their next step checkpoint; Ctrl-C again kills them",
+    log.warning("batch: stopping %d local job(s) (%s) at their next step checkpoint; a second signal kills them",
                 len(jobs), " ".join(j.job_id for j in jobs))
     deadline = time.monotonic() + grace_s
     try:

@@ -1,11 +1,13 @@
 """Local batch jobs as a user meets them: a job killed with kill -9 leaves its photos ``stopped``
-(not ``queued`` forever); SIGINT to ``geneman batch`` stops its jobs and prints one line."""
+(not ``queued`` forever); SIGINT, SIGTERM or SIGHUP to ``geneman batch`` stops its jobs and prints one line."""
 from __future__ import annotations
 
 import json
 import os
 import signal
 import time
+
+import pytest
 
 from pipeline.cli.status import status_text
 from pipeline.run.store import pid_alive
@@ -46,7 +48,8 @@ def test_a_killed_local_job_leaves_its_photos_stopped(tmp_path):
     assert "2 images: 0 done, 0 running, 0 queued, 0 failed, 2 stopped" in text
 
 
-def test_sigint_to_geneman_batch_stops_its_jobs_with_one_line(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_to_geneman_batch_stops_its_jobs_with_one_line(tmp_path, sig):
     photos(tmp_path / "in", (100, 160))
     out = tmp_path / "out"
     proc = batch(tmp_path / "in", out, "--max-parallel", "2", sleep="0.2")
@@ -54,7 +57,7 @@ def test_sigint_to_geneman_batch_stops_its_jobs_with_one_line(tmp_path):
         wait_until(lambda n=name: stage_step(out / n, "geometry_init") >= 1, 120, f"{name} to take a step",
                    on_timeout=lambda: proc.stderr.read() if proc.poll() is not None else "")
     jobs = [job_pid(out / "p0"), job_pid(out / "p1")]
-    os.kill(proc.pid, signal.SIGINT)  # the geneman batch process only, as `kill -INT PID` does
+    os.kill(proc.pid, sig)  # the geneman batch process only, as `kill -INT PID` does
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 75, err
     lines = [ln for ln in err.splitlines() if ln.startswith("geneman:")]
