@@ -1,7 +1,8 @@
 """The ``geneman`` command: run, resume, status, export, batch, weights, profile, bench, eval, data, prior.
 
 Errors print one line and exit non-zero (2: bad input or config, 3: a stage not built yet,
-75: stopped by a signal, resumable, 1: anything else); ``--debug`` shows tracebacks.
+75: stopped by a signal, resumable, 1: anything else; 141: stdout closed by its reader, as ``| head`` does,
+quietly); ``--debug`` shows tracebacks.
 
 Each ``cmd_*`` imports what its command needs inside it, for start-up speed only:
 :mod:`pipeline.config` pulls in torch and the stages (seconds), :mod:`pipeline.run.session`
@@ -11,7 +12,10 @@ not wait for them. Nothing here imports this module back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -173,10 +177,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipeline.cli.status import status_text
+    from pipeline.cli.status import print_status
 
-    print(status_text(args.out))
-    return 0
+    return print_status(args.out, sys.stdout, sys.stderr)
 
 
 def cmd_export(args) -> int:
@@ -215,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     restore_logging = setup_logging(args.debug, args.quiet)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below and not at interpreter exit
+        return code
+    except BrokenPipeError:  # `geneman status OUT | head`: the reader has gone; end quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # what is left to flush at exit goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except GenemanError as e:
         if args.debug:
             log.exception("error")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import TextIO
 
 from pipeline.batch.status import batch_status, is_batch
-from pipeline.errors import InputError
+from pipeline.errors import GenemanError, InputError
 from pipeline.run.progress import format_eta
 from pipeline.run.runner import DEFAULT_STAGES
 from pipeline.run.store import LOCK, RunStore, StageRecord, pid_alive
@@ -68,14 +69,38 @@ def run_status(root: Path) -> str:
     return head + "\n" + format_table(stage_rows(store, holder is not None))
 
 
+def folder_status(root: Path) -> str:
+    """The status block of one run (or batch) folder.
+
+    Raises:
+        InputError: the folder is neither, or its run.json is unreadable.
+    """
+    if is_batch(root):
+        return batch_status(Path(root), lambda r: lock_holder(r) is not None, format_table)
+    if not (Path(root) / "run.json").is_file():
+        raise InputError(f"{root} is not a geneman run folder (no run.json)")
+    return run_status(Path(root))
+
+
 def status_text(roots: list[Path]) -> str:
     """Status blocks of several run (or batch) folders; a folder that is neither is an error."""
-    blocks = []
+    return "\n\n".join(folder_status(root) for root in roots)
+
+
+def print_status(roots: list[Path], out: TextIO, err: TextIO) -> int:
+    """Print each folder's block to ``out`` as it comes and one line to ``err`` for each that has none.
+
+    Returns:
+        0, or the exit code of the first folder that failed (2: not a run folder).
+    """
+    code, shown = 0, 0
     for root in roots:
-        if is_batch(root):
-            blocks.append(batch_status(Path(root), lambda r: lock_holder(r) is not None, format_table))
+        try:
+            block = folder_status(root)
+        except GenemanError as e:
+            print(f"geneman: error: {e}", file=err)
+            code = code or e.exit_code
             continue
-        if not (Path(root) / "run.json").is_file():
-            raise InputError(f"{root} is not a geneman run folder (no run.json)")
-        blocks.append(run_status(Path(root)))
-    return "\n\n".join(blocks)
+        print(("\n" if shown else "") + block, file=out, flush=True)
+        shown += 1
+    return code

@@ -91,10 +91,18 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"cannot be read: {e}") from None
+        raise ValueError(f"cannot be read: {one_line(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError("not a geneman checkpoint")
     return ckpt
+
+
+def one_line(e: BaseException, limit: int = 160) -> str:
+    """The gist of an error on one line: torch's ``weights_only`` refusal spans a dozen lines and colours,
+    and its one useful line is the unpickler's (``Unsupported global: ...``)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    gist = next((ln for ln in lines if "Unpickler error" in ln), lines[0] if lines else type(e).__name__)
+    return gist if len(gist) <= limit else gist[:limit - 3] + "..."
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -131,14 +139,17 @@ class Checkpointer:
         """
         for tmp in self.folder.glob(".step_*.tmp") if self.folder.is_dir() else ():
             tmp.unlink(missing_ok=True)
-        for step, path in list_checkpoints(self.folder):
+        found = list_checkpoints(self.folder)
+        for i, (step, path) in enumerate(found):
             try:
                 ckpt = load_checkpoint(path)
                 missing = set(objects) - set(ckpt["objects"])
                 if missing:
                     raise ValueError(f"lacks {sorted(missing)}")
             except (ValueError, OSError) as e:
-                log.warning("checkpoint %s is damaged (%s); trying the one before it", path, e)
+                then = (f"using the previous checkpoint, {found[i + 1][1].name}" if i + 1 < len(found)
+                        else "no earlier checkpoint: the stage starts again from step 0")
+                log.warning("checkpoint %s is damaged (%s); %s", path, one_line(e), then)
                 continue
             self._set_aside_newer_than(step)
             for name, obj in objects.items():
