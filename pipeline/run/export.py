@@ -50,11 +50,13 @@ def export_run(root: Path, formats: Sequence[str] | None = None,
 
     Raises:
         InputError: the run has not finished its last stage.
+        LockError: another process holds the run folder.
         ConfigError: the run's config.yaml does not load.
     """
     store = RunStore(root)
     store.load()
-    last, result_dir = last_result_folder(store, stages)
-    cfg = load_run_config(root).export
-    result = last.module.Result.load(result_dir)
-    return result.export(store.folder(FINAL), list(formats or cfg.formats), cfg)
+    with store.lock():  # not while a run writes final/; taking it removes killed writers' temp files
+        last, result_dir = last_result_folder(store, stages)
+        cfg = load_run_config(root).export
+        result = last.module.Result.load(result_dir)
+        return result.export(store.folder(FINAL), list(formats or cfg.formats), cfg)

@@ -26,7 +26,15 @@ from pipeline.run import preprocess
 from pipeline.run.checkpoint import Checkpointer
 from pipeline.run.progress import Progress
 from pipeline.run.signals import StopSignals
-from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, fsync_dir, now, sha256_file
+from pipeline.run.store import (
+    PREPROCESS,
+    RunStore,
+    atomic_write_bytes,
+    fsync_dir,
+    now,
+    set_aside_error_log,
+    sha256_file,
+)
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
 from stages.loop import deterministic, stage_device
@@ -185,6 +193,7 @@ class Runner:
                 raise
             raise StageFailed(f"preprocess failed: {rec.error} (traceback in {folder / 'error.log'})") from e
         _save_result(inputs, folder)
+        set_aside_error_log(folder)  # an earlier failure's traceback: kept as error-<time>.log
         self._finish(rec, 1)
         return inputs, h
 
@@ -234,6 +243,7 @@ class Runner:
         finally:
             progress.close()
         _save_result(result, folder)
+        set_aside_error_log(folder)
         self._finish(rec, stage_cfg.steps)
         return result
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
 import stat
@@ -52,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     The file gets the mode the umask gives (not mkstemp's 0600), so colleagues can read a shared run.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -64,6 +65,56 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+_STALE = (re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp$"),  # atomic_write_bytes
+          re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)(\.[A-Za-z0-9]+)?$"),  # stages/render/export.atomic_path
+          re.compile(r"^\.(?P<name>.+)\.(?P<pid>)[a-z0-9_]{8}\.tmp$"))  # atomic_write_bytes before it named its pid
+"""The names of geneman's own temp files: ``.NAME.PID.XXXXXXXX.tmp`` and ``.STEM.partial-PID.SUFFIX``."""
+
+
+def remove_stale_partials(root: Path) -> list[Path]:
+    """Remove the temp files that killed writers left in ``root`` and its direct subfolders (``final/``...).
+
+    Only geneman's own names (:data:`_STALE`) whose pid is neither this process nor a live one on this host
+    (a name without a pid, from an older geneman, counts as dead); call it holding ``root``'s lock.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for folder in (root, *(p for p in _entries(root) if p.is_dir() and not p.is_symlink())):
+        for path in _entries(folder):
+            match = next(filter(None, (rx.match(path.name) for rx in _STALE)), None)
+            pid = int(match["pid"]) if match and match["pid"] else None
+            if match and pid != os.getpid() and not pid_alive(pid) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d temp file(s) of killed writers in %s", len(removed), root)
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def set_aside_error_log(folder: Path) -> Path | None:
+    """Rename a stage folder's ``error.log`` (an earlier failure's) to ``error-<its time>.log``; its stage succeeded."""
+    log_file = folder / "error.log"
+    try:
+        stamp = _dt.datetime.fromtimestamp(log_file.stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    except OSError:
+        return None
+    aside = folder / f"error-{stamp}.log"
+    n = 1
+    while aside.exists():
+        n, aside = n + 1, folder / f"error-{stamp}-{n + 1}.log"
+    os.replace(log_file, aside)
+    return aside
 
 
 def fsync_dir(folder: Path) -> None:
@@ -232,6 +283,7 @@ class RunStore:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         try:
+            remove_stale_partials(self.root)
             yield
         finally:
             try:

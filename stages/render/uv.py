@@ -18,6 +18,22 @@ from torch import Tensor
 
 from stages.render.rasterize import rasterize
 
+_DIE_WITH_PARENT = """
+import os, sys, threading, time
+def _watch(parent):  # where prctl is missing: poll, and end when the parent is gone
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the parent (Linux)
+except (OSError, AttributeError):
+    threading.Thread(target=_watch, args=(int(sys.argv[3]),), daemon=True).start()
+if os.getppid() != int(sys.argv[3]):  # the parent died before prctl took effect
+    os._exit(1)
+"""
+"""The xatlas child's first lines: it is killed when its parent dies (a SIGKILLed run leaves no xatlas behind)."""
+
 _XATLAS_SCRIPT = """
 import sys, numpy as np, xatlas
 data = np.load(sys.argv[1])
@@ -77,8 +93,8 @@ def _xatlas_subprocess(verts: np.ndarray, faces: np.ndarray, timeout: float):
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, verts=verts.astype(np.float32), faces=faces.astype(np.uint32))
         try:
-            proc = subprocess.run([sys.executable, "-c", _XATLAS_SCRIPT, src, dst], timeout=timeout,
-                                  capture_output=True)
+            proc = subprocess.run([sys.executable, "-c", _DIE_WITH_PARENT + _XATLAS_SCRIPT, src, dst, str(os.getpid())],
+                                  timeout=timeout, capture_output=True)
         except subprocess.TimeoutExpired:
             return None, f"xatlas timed out after {timeout:g} s"
         if proc.returncode < 0:
