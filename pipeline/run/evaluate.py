@@ -40,6 +40,7 @@ from pipeline.run.models import MissingWeights, resolve_device
 from pipeline.run.progress import Progress
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
 from pipeline.run.store import PREPROCESS, RunStore, atomic_write_bytes, now, sha256_file
+from pipeline.run.targets import check_writable
 from priors.clip import CLIPImageEncoder
 from priors.lpips import LPIPS
 from priors.weights import all_weights, check_one, missing_error
@@ -141,6 +142,7 @@ def evaluate_run(root: Path, photo: Path, cfg: RunConfig, options: EvalOptions =
     """
     store = RunStore(root)
     store.load()
+    check_writable(store.root, [EVAL_FILE])  # before anything renders
     last, folder = last_result_folder(store, stages)
     inputs, photo_entry = reference_inputs(store, Path(photo), cfg)
     device, notes = resolve_device(cfg.device), []

@@ -13,6 +13,7 @@ from pipeline.errors import InputError
 from pipeline.run.runner import DEFAULT_STAGES, FINAL, StageSpec
 from pipeline.run.session import load_run_config
 from pipeline.run.store import RunStore
+from pipeline.run.targets import check_export
 
 
 def last_result_folder(store: RunStore, stages: Sequence[StageSpec]) -> tuple[StageSpec, Path]:
@@ -55,6 +56,7 @@ def export_run(root: Path, formats: Sequence[str] | None = None,
     """
     store = RunStore(root)
     store.load()
+    check_export(root, FINAL, formats or load_run_config(root).export.formats)  # before any rendering
     with store.lock():  # not while a run writes final/; taking it removes killed writers' temp files
         last, result_dir = last_result_folder(store, stages)
         cfg = load_run_config(root).export

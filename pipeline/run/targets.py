@@ -61,7 +61,11 @@ def check_writable(folder: Path, files: Iterable[str] = (), folders: Iterable[st
         False
     """
     folder = Path(folder)
-    probe = _existing(folder)
+    try:
+        probe = _existing(folder)
+    except OSError as e:  # a parent that cannot be searched
+        raise InputError(f"cannot look into {e.filename or folder}: {e.strerror}; choose a folder you can "
+                         "write to, or change its permissions") from None
     if not probe.is_dir():
         kind = "a dangling link" if probe.is_symlink() and not probe.exists() else "a file"
         where = "" if probe == folder else f", so {folder} cannot be made"
@@ -73,7 +77,7 @@ def check_writable(folder: Path, files: Iterable[str] = (), folders: Iterable[st
         for name in folders:
             path = folder / name
             if (path.exists() or path.is_symlink()) and not path.is_dir():
-                raise InputError(f"{path} is a file, where a folder is to be written; move it away")
+                raise InputError(f"{path} is a file, not a folder; move it away")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".geneman-write-check.", dir=probe)
     except OSError as e:
@@ -82,3 +86,14 @@ def check_writable(folder: Path, files: Iterable[str] = (), folders: Iterable[st
                          "or change its permissions") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def check_export(root: Path, final: str, formats: Iterable[str]) -> None:
+    """``geneman export``'s targets: the run folder ``root`` (its lock is made there) and its ``final``
+    sub-folder, where ``formats`` write :func:`final_files`.
+
+    Raises:
+        InputError: as :func:`check_writable`.
+    """
+    check_writable(root, folders=[final])
+    check_writable(Path(root) / final, final_files(formats))
