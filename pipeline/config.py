@@ -207,18 +207,50 @@ def _merge(base, data: dict, source: str):
         raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
 
 
+def missing_key(data: Any, schema: Any = None, prefix: str = "") -> str | None:
+    """The first key of the schema (dotted, e.g. ``texture_refine.steps``) that a config mapping lacks, or
+    None when every section and key is there; :data:`INVOCATION_ONLY` keys are never stored, so not asked
+    for; a :class:`Ramp` given as a number is whole."""
+    schema = RunConfig() if schema is None else schema
+    for f in fields(schema):
+        full, sub = f"{prefix}{f.name}", getattr(schema, f.name)
+        if full in INVOCATION_ONLY:
+            continue
+        if not isinstance(data, dict) or f.name not in data:
+            return full
+        if is_dataclass(sub) and (not isinstance(sub, Ramp) or isinstance(data[f.name], dict)):
+            found = missing_key(data[f.name] if data[f.name] is not None else {}, sub, f"{full}.")
+            if found:
+                return found
+    return None
+
+
+def check_complete(data: dict, source: str) -> None:
+    """Refuse a run folder's config.yaml that lacks a section or key (a file cut short): never a default.
+
+    Raises:
+        ConfigError: naming the file and the first missing key.
+    """
+    key = missing_key(data)
+    if key is not None:
+        kind = "section" if is_dataclass(_schema_default(key)) and not isinstance(_schema_default(key), Ramp) else "key"
+        raise ConfigError(f"{source}: {kind} {key} is missing; the file is damaged (restore it, or start a new run)")
+
+
 def load_config(preset: str | None = "release", config_file: str | Path | None = None,
-                sets: list[str] | None = None, run_folder_config: bool = False) -> RunConfig:
+                sets: list[str] | None = None, run_folder_config: bool = False, complete: bool = False) -> RunConfig:
     """Build the run config: schema defaults < preset < ``config_file`` < ``sets``.
 
     ``run_folder_config``: ``config_file`` is a run folder's config.yaml, whose weight locations
     (:data:`WEIGHT_LOCATIONS`) are not trusted: they are dropped (the defaults, or ``sets``, apply),
     except under ``priors.weights_dir: "@bundled"`` (the ``demo`` preset's priors, shipped with geneman),
     where those that can only name a folder inside the bundle (relative, no ``..``) are kept.
+    ``complete``: ``config_file`` must hold every section and key of the schema (:func:`check_complete`),
+    as a run folder's config.yaml does: none is filled from the defaults.
 
     Raises:
         ConfigError: unknown preset, unreadable file, unknown key (with the nearest valid one),
-            or a value of the wrong type.
+            a value of the wrong type, or (``complete``) a missing key.
     """
     defaults = RunConfig()
     cfg = OmegaConf.structured(RunConfig)
@@ -228,6 +260,8 @@ def load_config(preset: str | None = "release", config_file: str | Path | None =
         layers.append((_read_yaml(path), f"preset '{preset}' ({path})"))
     if config_file:
         data = _read_yaml(Path(config_file))
+        if complete:
+            check_complete(data, str(config_file))
         if run_folder_config and isinstance(data.get("priors"), dict):
             stored = data["priors"]
             bundled = stored.get("weights_dir") == BUNDLED  # the package's own priors: locations inside it kept

@@ -119,10 +119,12 @@ def _only_leftovers(store: RunStore) -> bool:
 def load_run_config(out: Path, sets: Sequence[str] = ()) -> RunConfig:
     """The resolved config stored in a run folder, with ``sets`` on top.
 
-    Weight locations (``priors.weights_dir``, hub ids, files, folders) are not read from the run
-    folder: they come from ``sets`` (``--weights``, ``--set priors...``) or the schema defaults.
+    The file must hold every section and key (a file cut short is a one-line ConfigError naming the first
+    missing key, never the defaults); it is only read, never rewritten here. Weight locations
+    (``priors.weights_dir``, hub ids, files, folders) are not read from the run folder: they come from
+    ``sets`` (``--weights``, ``--set priors...``) or the schema defaults.
     """
-    return load_config(None, Path(out) / CONFIG, list(sets), run_folder_config=True)
+    return load_config(None, Path(out) / CONFIG, list(sets), run_folder_config=True, complete=True)
 
 
 def _record_input(store: RunStore, photo: Path, mask: Path | None, sha: str, mask_sha: str) -> None:
