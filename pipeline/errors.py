@@ -20,6 +20,11 @@ class InputError(GenemanError):
     exit_code = 2
 
 
+class DamagedResult(InputError):
+    """A stage result in a run folder whose files do not match its ``DIGEST.json`` (altered, truncated, or
+    saved without one), or that was built from other results than those now before it."""
+
+
 class LockError(GenemanError):
     """Another live process is writing the run folder."""
 

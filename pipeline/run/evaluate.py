@@ -35,7 +35,7 @@ from evaluation import protocol
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.run import preprocess
-from pipeline.run.export import last_result_folder
+from pipeline.run.export import last_result_folder, verified
 from pipeline.run.models import MissingWeights, resolve_device
 from pipeline.run.progress import Progress
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
@@ -70,6 +70,7 @@ def reference_inputs(store: RunStore, photo: Path, cfg: RunConfig) -> tuple[Inpu
 
     Raises:
         InputError: PHOTO is unreadable or has no person; the run's preprocess result is unreadable.
+        DamagedResult: that result does not match its DIGEST.json.
     """
     preprocess.read_photo(photo, cfg.preprocess.max_pixels)  # one line, exit 2, when it is no image
     sha = sha256_file(photo)
@@ -77,6 +78,7 @@ def reference_inputs(store: RunStore, photo: Path, cfg: RunConfig) -> tuple[Inpu
     entry = {"path": str(photo.resolve()), "sha256": sha, "matches_run": sha == recorded}
     if sha == recorded:
         folder = store.folder(PREPROCESS) / "result"
+        verified(store, folder)
         try:
             inputs = Inputs.load(folder)
         except Exception as e:  # noqa: BLE001 - any unreadable file: one line

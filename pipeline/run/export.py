@@ -9,19 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.errors import InputError
+from pipeline.errors import DamagedResult, InputError
 from pipeline.run.runner import DEFAULT_STAGES, FINAL, StageSpec
 from pipeline.run.session import load_run_config
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, verify_result
 from pipeline.run.targets import check_export
 
 
 def last_result_folder(store: RunStore, stages: Sequence[StageSpec]) -> tuple[StageSpec, Path]:
     """The last stage and its ``result/`` folder, when run.json (``store``'s loaded manifest) says that
-    stage is done (``geneman export`` and ``geneman eval`` read it).
+    stage is done and the folder matches its DIGEST.json (``geneman export`` and ``geneman eval`` read it).
 
     Raises:
         InputError: the last stage has not finished (names the run folder, its state, what to do).
+        DamagedResult: its result was altered, truncated or has no digest (see :func:`verified`).
     """
     last = stages[-1]
     rec = store.manifest.stages.get(last.name)
@@ -32,7 +33,20 @@ def last_result_folder(store: RunStore, stages: Sequence[StageSpec]) -> tuple[St
                          f"finish the run first (`geneman resume {store.root}`, see `geneman status {store.root}`)")
     if not hasattr(last.module, "Result"):
         raise InputError(f"stage {last.name} has no Result to load yet, so {folder} cannot be read")
+    verified(store, folder)
     return last, folder
+
+
+def verified(store: RunStore, folder: Path) -> None:
+    """Check a ``result/`` folder of ``store`` against its DIGEST.json before anything reads it.
+
+    Raises:
+        DamagedResult: one line naming the file and what is wrong, and that ``geneman resume`` redoes it.
+    """
+    try:
+        verify_result(folder)
+    except DamagedResult as e:
+        raise DamagedResult(f"{e}; `geneman resume {store.root}` redoes that stage and every later one") from None
 
 
 def export_run(root: Path, formats: Sequence[str] | None = None,
@@ -51,6 +65,7 @@ def export_run(root: Path, formats: Sequence[str] | None = None,
 
     Raises:
         InputError: the run has not finished its last stage.
+        DamagedResult: its result does not match its DIGEST.json.
         LockError: another process holds the run folder.
         ConfigError: the run's config.yaml does not load.
     """

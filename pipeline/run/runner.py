@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig, digest, to_dict
-from pipeline.errors import ConfigError, GenemanError, InputError, Interrupted, StageFailed, StageNotBuilt
+from pipeline.errors import (
+    ConfigError,
+    DamagedResult,
+    GenemanError,
+    InputError,
+    Interrupted,
+    StageFailed,
+    StageNotBuilt,
+)
 from pipeline.run import preprocess
 from pipeline.run.checkpoint import Checkpointer
 from pipeline.run.progress import Progress
@@ -34,6 +42,8 @@ from pipeline.run.store import (
     now,
     set_aside_error_log,
     sha256_file,
+    verify_result,
+    write_result_digest,
 )
 from stages import geometry_init, geometry_sculpt, texture_coarse, texture_refine
 from stages.inputs import Inputs
@@ -104,6 +114,7 @@ class Runner:
         self.depth_normal, self.quiet = depth_normal, quiet
         self.stop = stop or StopSignals(())
         self._last_write = 0.0
+        self._digests: dict[str, str] = {}  # each result's DIGEST.json digest, by stage name, as this run has them
 
     def run(self, from_stage: str | None = None, until: str | None = None) -> Any:
         """Run every stage not yet done; return the last stage's Result.
@@ -177,8 +188,8 @@ class Runner:
                    *prompts)
         rec = self.store.stage("preprocess")
         folder = self.store.folder(PREPROCESS)
-        if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
-            inputs = _load_result(Inputs.load, folder, "preprocess")
+        if rec.hash == h and rec.state == "done":
+            inputs = self._reuse(Inputs.load, folder, "preprocess", {})
             if inputs is not None:
                 return inputs, h
             rec.hash = ""
@@ -192,17 +203,20 @@ class Runner:
             if isinstance(e, GenemanError):
                 raise
             raise StageFailed(f"preprocess failed: {rec.error} (traceback in {folder / 'error.log'})") from e
-        _save_result(inputs, folder)
+        self._digests["preprocess"] = _save_result(inputs, folder, {})
         set_aside_error_log(folder)  # an earlier failure's traceback: kept as error-<time>.log
         self._finish(rec, 1)
         return inputs, h
 
     def _reset(self, rec, name: str, h: str, total: int) -> None:
-        """Start ``name`` afresh when its hash changed: clear it and every stage after it."""
+        """Start ``name``: afresh (cleared, and every stage after it) when its hash changed, else from its
+        checkpoints; either way every later stage is cleared, as it was built on ``name``'s old result."""
+        names = stage_names(self.stages)
         if rec.hash != h:
-            names = stage_names(self.stages)
             self._invalidate_from(names.index(name))
             rec.hash, rec.step, rec.elapsed_s, rec.error = h, 0, 0.0, ""
+        else:  # continued from its checkpoints: what came after it was built on its old result
+            self._invalidate_from(names.index(name) + 1)
         rec.state, rec.total, rec.started, rec.error = "running", total, now(), ""
         self._t0 = time.monotonic()
         self.store.save()
@@ -215,9 +229,8 @@ class Runner:
     def _stage(self, spec: StageSpec, index: int, inputs: Inputs, previous: Any, h: str) -> Any:
         rec = self.store.stage(spec.name)
         folder = self.store.folder(spec.folder)
-        if rec.hash == h and rec.state == "done" and (folder / "result").is_dir():
-            log.info("%s: done before, loading its result", spec.name)
-            result = _load_result(spec.module.Result.load, folder, spec.name)
+        if rec.hash == h and rec.state == "done":
+            result = self._reuse(spec.module.Result.load, folder, spec.name, self._upstream(index))
             if result is not None:
                 return result
             rec.hash = ""
@@ -242,9 +255,41 @@ class Runner:
                               f"{folder / 'error.log'}; fix and `geneman resume {self.store.root}`)") from e
         finally:
             progress.close()
-        _save_result(result, folder)
+        self._digests[spec.name] = _save_result(result, folder, self._upstream(index))
         set_aside_error_log(folder)
         self._finish(rec, stage_cfg.steps)
+        return result
+
+    def _upstream(self, index: int) -> dict[str, str]:
+        """The digests of the results stage ``index`` (1 = the first) is built from: preprocess's and the
+        previous stage's."""
+        upstream = {"preprocess": self._digests["preprocess"]}
+        if index > 1:
+            before = self.stages[index - 2].name
+            upstream[before] = self._digests[before]
+        return upstream
+
+    def _reuse(self, load: Callable[[Path], Any], folder: Path, name: str, upstream: dict[str, str]) -> Any | None:
+        """A done stage's saved Result when its ``result/`` matches its DIGEST.json and was built from the
+        results now before it (``upstream``); else None after one warning line: the caller redoes the stage,
+        and with it every later one."""
+        path = folder / "result"
+        try:
+            if not path.is_dir():
+                raise DamagedResult(f"{path} is missing")
+            record = verify_result(path)
+            built_from = record["upstream"]
+            if built_from != upstream:
+                other = sorted(k for k in {*upstream, *built_from} if upstream.get(k) != built_from.get(k))
+                raise DamagedResult(f"{path} was built from another {', '.join(other)} result than the one there now")
+            log.info("%s: done before, loading its result", name)
+            result = load(path)
+        except Exception as e:  # noqa: BLE001 - any unusable result means: redo the stage
+            reason = str(e) if isinstance(e, DamagedResult) else f"{path} cannot be read: {type(e).__name__}: {e}"
+            log.warning("%s: its saved result cannot be used (%s); redoing %s and every stage after it",
+                        name, " ".join(reason.split()), name)
+            return None
+        self._digests[name] = record["digest"]
         return result
 
     def _done_list(self, spec: StageSpec) -> str:
@@ -302,12 +347,15 @@ def stored_input(folder: Path, record: dict, name_key: str, sha_key: str) -> Pat
     return path
 
 
-def _save_result(result: Any, folder: Path) -> None:
-    """Save a Result into ``folder/result`` whole or not at all (temp folder, fsync, then rename)."""
+def _save_result(result: Any, folder: Path, upstream: dict[str, str]) -> str:
+    """Save a Result into ``folder/result`` whole or not at all (temp folder, fsync, then rename), with its
+    DIGEST.json (its files' sha256 and ``upstream``, the digests of the results it was built from); return
+    its digest."""
     tmp = folder / "result.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     result.save(tmp)
+    digest = write_result_digest(tmp, upstream)
     for path in sorted(tmp.rglob("*"), reverse=True):  # files first, then their folders
         if path.is_file():
             with open(path, "rb") as f:
@@ -319,13 +367,5 @@ def _save_result(result: Any, folder: Path) -> None:
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     fsync_dir(folder)
+    return digest
 
-
-def _load_result(load: Callable[[Path], Any], folder: Path, name: str) -> Any | None:
-    """A done stage's saved Result, or None (with a warning) when it cannot be read: the stage is redone."""
-    try:
-        return load(folder / "result")
-    except Exception as e:  # noqa: BLE001 - any unreadable result means: redo the stage
-        log.warning("%s: its saved result in %s cannot be read (%s: %s); redoing the stage",
-                    name, folder / "result", type(e).__name__, e)
-        return None

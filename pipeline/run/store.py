@@ -24,13 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import GenemanError, InputError, LockError
+from pipeline.errors import DamagedResult, GenemanError, InputError, LockError
 
 log = logging.getLogger("geneman")
 
 MANIFEST = "run.json"
 LOCK = ".lock"
 PREPROCESS = "00_preprocess"
+RESULT_DIGEST = "DIGEST.json"
+"""In each ``result/``: the sha256 of its files and the digests of the results it was built from."""
 LOCK_WAIT_S = 30.0
 """Longest wait for a lock whose holder cannot be told (an unreadable lock just being written)."""
 
@@ -386,3 +388,57 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _result_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a ``result/`` folder (``DIGEST.json`` aside), by path relative to it."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != RESULT_DIGEST}
+
+
+def _record_digest(files: dict, upstream: dict) -> str:
+    return hashlib.sha256(json.dumps([files, upstream], sort_keys=True).encode()).hexdigest()
+
+
+def write_result_digest(folder: Path, upstream: dict[str, str]) -> str:
+    """Write ``folder/DIGEST.json``: the sha256 of each file in ``folder``, ``upstream`` (the digests of the
+    results it was built from, by stage name) and ``digest``, the sha256 of both; return ``digest``.
+
+    Called on the temporary result folder before it is fsynced and renamed, so the digest is part of the
+    result's whole-or-nothing save.
+    """
+    files = _result_files(folder)
+    record = {"digest": _record_digest(files, upstream), "files": files, "upstream": dict(upstream)}
+    (folder / RESULT_DIGEST).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record["digest"]
+
+
+def verify_result(folder: Path) -> dict:
+    """The ``DIGEST.json`` record of a ``result/`` folder (``digest``, ``files``, ``upstream``) once every file
+    matches it.
+
+    Raises:
+        DamagedResult: no (or an unreadable) DIGEST.json, a file missing, altered, truncated or not listed;
+            the message says what, not what to do.
+    """
+    path = folder / RESULT_DIGEST
+    if not path.is_file():
+        raise DamagedResult(f"{folder} has no {RESULT_DIGEST} (saved by a geneman without result digests, or "
+                            "damaged), so it cannot be verified")
+    try:
+        record = json.loads(path.read_text())
+        files, upstream = record["files"], record["upstream"]
+        if not (isinstance(files, dict) and isinstance(upstream, dict)) or \
+                record["digest"] != _record_digest(files, upstream):
+            raise ValueError("its digest does not match its content")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedResult(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    actual = _result_files(folder)
+    for name in sorted(set(files) | set(actual)):
+        if name not in actual:
+            raise DamagedResult(f"{folder / name} is missing")
+        if name not in files:
+            raise DamagedResult(f"{folder / name} is not listed in {path}")
+        if actual[name] != files[name]:
+            raise DamagedResult(f"{folder / name} does not match its sha256 in {path} (altered or truncated)")
+    return record

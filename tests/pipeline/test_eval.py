@@ -10,7 +10,7 @@ import stages.texture_refine
 from pipeline.cli.main import main
 from pipeline.run import session
 from pipeline.run.progress import Progress
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, write_result_digest
 from priors import tiny
 from stages.inputs import Inputs
 from stages.render.cameras import turntable
@@ -33,10 +33,12 @@ def preprocessed(tmp_path_factory):
 
 
 def finish_with(out, mesh: TexturedMesh) -> None:
-    """What the runner leaves after stage 4: its result folder and every stage done in run.json."""
+    """What the runner leaves after stage 4: its result folder (with its DIGEST.json) and every stage done in
+    run.json."""
     folder = out / stages.texture_refine.FOLDER / "result"
     folder.mkdir(parents=True)
     mesh.save(folder)
+    write_result_digest(folder, {})
     store = RunStore(out)
     store.load()
     for name in ("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine"):
@@ -81,6 +83,7 @@ def test_a_preprocessed_photo_equal_to_the_reference_view_scores_perfectly(run, 
     out, photo = run
     view = textured_sphere().render(turntable(120)[0], RES, RES)
     Inputs(rgb=view["rgb"][0].clamp(0, 1), mask=view["mask"][0, ..., 0]).save(out / "00_preprocess" / "result")
+    write_result_digest(out / "00_preprocess" / "result", {})
     assert geneman_eval(out, photo, tiny_weights[0]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["psnr_ref"] is None and any("PSNR is infinite" in n for n in report["notes"])
