@@ -139,8 +139,9 @@ def evaluate_run(root: Path, photo: Path, cfg: RunConfig, options: EvalOptions =
                  stages: Sequence[StageSpec] = DEFAULT_STAGES) -> dict:
     """Evaluate the finished run in ``root`` against ``photo``; write and return eval.json's content.
 
-    Everything that can fail on bad input (the run folder, its last stage, PHOTO, the CLIP weight)
-    fails before anything is rendered, and nothing is written unless every number was made.
+    Everything that can fail on bad input (the run folder, its last stage, the results read, checked
+    against their DIGEST.json, PHOTO, the CLIP weight) fails before anything is rendered, and nothing is
+    written unless every number was made.
     """
     store = RunStore(root)
     store.load()
