@@ -279,5 +279,8 @@ class HashGrid(nn.Module):
         parts = []
         for p in x.split(self.chunk):
             idx, w = corner_indices(p.float(), *self.layout())
-            parts.append(_to_features((self.table[idx.long()] * w[..., None]).sum(1)))
+            # index_select, not table[idx]: its backward is index_add_, which sums in a fixed order on CPU
+            # (table[idx]'s is index_put_(accumulate), in thread order unless deterministic kernels are on)
+            rows = self.table.index_select(0, idx.reshape(-1).long()).reshape(*idx.shape, self.table.shape[1])
+            parts.append(_to_features((rows * w[..., None]).sum(1)))
         return torch.cat(parts) if parts else x.new_zeros(0, self.out_dim)
