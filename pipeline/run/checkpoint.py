@@ -2,11 +2,14 @@
 
 A stage's loop hands its stateful objects (modules, optimisers, schedulers, generators) to
 :meth:`Checkpointer.resume` once and calls :meth:`Checkpointer.step_done` after every step.
+Beside ``ckpt/``, ``losses.json`` records each loss's mean over windows of steps (the report's loss
+curves), written with each checkpoint and cut back to the checkpoint a resume starts from.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import random
 import re
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import Interrupted
-from pipeline.run.progress import Loss, Progress
+from pipeline.run.progress import Loss, Progress, loss_numbers
 from pipeline.run.signals import StopSignals
 from pipeline.run.store import atomic_write_bytes
 
@@ -25,6 +28,11 @@ log = logging.getLogger("geneman")
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+LOSSES = "losses.json"
+"""The loss record beside a stage's ``ckpt/`` folder: ``{"steps": [...], "losses": {name: [...]}}``."""
+WINDOWS_PER_CHECKPOINT = 5
+"""Loss means recorded per checkpoint interval; they stay on the device until the checkpoint is written (which
+waits for the device anyway), then become numbers all at once."""
 
 
 def rng_state() -> dict:
@@ -130,6 +138,10 @@ class Checkpointer:
                  stop: StopSignals, on_step: Callable[[int, bool], None] = lambda step, saved: None):
         self.folder, self.total, self.every, self.keep = Path(folder), total, every, keep
         self.progress, self.stop, self.on_step = progress, stop, on_step
+        self.window = max(1, every // WINDOWS_PER_CHECKPOINT)
+        self.record: dict[str, Any] = {"steps": [], "losses": {}}
+        self._sums: dict[str, list] = {}
+        self._pending: list[tuple[int, dict[str, Loss]]] = []
 
     def resume(self, objects: dict[str, Any]) -> int:
         """Load the newest valid checkpoint into ``objects`` and the RNGs; return the next step (0 if none).
@@ -157,9 +169,48 @@ class Checkpointer:
             set_rng_state(ckpt["rng"])
             log.info("resumed from %s (step %d/%d)", path, step, self.total)
             self.progress.start(step)
+            self._load_record(int(ckpt["step"]))
             return int(ckpt["step"])
         self.progress.start(0)
         return 0
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder.parent / LOSSES
+
+    def _load_record(self, step: int) -> None:
+        """The loss record up to ``step`` (a resume's start); an unreadable one starts again empty."""
+        try:
+            rec = json.loads(self.record_path.read_text())
+            keep = sum(1 for s in rec["steps"] if s <= step)
+            self.record = {"steps": rec["steps"][:keep], "losses": {k: v[:keep] for k, v in rec["losses"].items()}}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.record = {"steps": [], "losses": {}}
+
+    def _add_losses(self, step: int, losses: Mapping[str, Loss], saving: bool) -> None:
+        """Sum the step's losses (tensors stay on their device, nothing is read); a window's end keeps each
+        loss's mean over the steps that computed it, still a tensor; a checkpoint turns the kept means into
+        numbers (one read for all) and appends them to the record."""
+        for k, v in losses.items():
+            total = self._sums.setdefault(k, [0.0, 0])
+            total[0] = total[0] + (v.detach().float() if isinstance(v, torch.Tensor) else float(v))
+            total[1] += 1
+        if (saving or step % self.window == 0) and self._sums:
+            self._pending.append((step, {k: s / n for k, (s, n) in self._sums.items()}))
+            self._sums = {}
+        if not saving or not self._pending:
+            return
+        flat = {f"{i}/{k}": v for i, (_, means) in enumerate(self._pending) for k, v in means.items()}
+        numbers = loss_numbers(flat)
+        for i, (at, means) in enumerate(self._pending):
+            n = len(self.record["steps"])
+            for k in means:
+                self.record["losses"].setdefault(k, [None] * n).append(numbers[f"{i}/{k}"])
+            for values in self.record["losses"].values():
+                if len(values) == n:
+                    values.append(None)
+            self.record["steps"].append(at)
+        self._pending = []
 
     def _set_aside_newer_than(self, step: int) -> None:
         """Rename damaged checkpoints newer than the one resumed from to ``*.bad``, so that pruning
@@ -186,8 +237,10 @@ class Checkpointer:
         self.progress.update(step, losses)
         stopping = self.stop.requested is not None
         saved = stopping or step % self.every == 0 or step == self.total
+        self._add_losses(step, losses, saved)
         if saved:
             self.save(step, objects)
+            atomic_write_bytes(self.record_path, json.dumps(self.record).encode())
         self.on_step(step, saved)
         if stopping and step < self.total:
             raise Interrupted(f"stopped by {self.stop.name} at step {step}/{self.total}; checkpoint written, "

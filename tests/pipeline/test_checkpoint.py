@@ -1,4 +1,5 @@
 """Checkpoints: complete state, verified loading, no unpickling, atomic under SIGKILL."""
+import json
 import logging
 import random
 import signal
@@ -202,20 +203,59 @@ def counting(value: float) -> CountingTensor:
     return torch.tensor(value).as_subclass(CountingTensor)
 
 
-def test_step_done_takes_tensor_losses_and_reads_them_only_on_the_steps_it_prints(tmp_path, caplog):
-    ck = Checkpointer(tmp_path, 6, 2, 3, Progress("t", 6, every_s=1e9, tty=False), StopSignals(()))
+READS = {"tolist", "item", "__float__", "__int__", "__bool__", "numpy", "cpu", "__format__", "__repr__"}
+"""The torch functions that bring a tensor's value to the host (a device sync on a GPU)."""
+
+
+def test_step_done_takes_tensor_losses_and_reads_them_only_on_the_steps_it_prints_or_checkpoints(tmp_path, caplog):
+    """Between checkpoints (steps 2 and 4, which wait for the device anyway: the loss record's means become
+    numbers there) and the printed last step, a loss tensor is never read."""
+    ck = Checkpointer(tmp_path / "ckpt", 6, 2, 3, Progress("t", 6, every_s=1e9, tty=False), StopSignals(()))
     model = torch.nn.Linear(2, 2)
     losses = {"rgb": counting(0.25), "mask": counting(0.5)}
+    read_at = []
     with caplog.at_level(logging.INFO, logger="geneman"):
         assert ck.resume({"model": model}) == 0
-        CountingTensor.calls.clear()
         for step in range(1, 6):
+            CountingTensor.calls.clear()
             ck.step_done(step, losses, {"model": model})
-        assert CountingTensor.calls == []  # nothing printed yet (steps 2 and 4 wrote checkpoints)
-        assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 2]
+            if READS & set(CountingTensor.calls):
+                read_at.append(step)
+        assert read_at == [2, 4]
+        assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [4, 2]
+        assert "loss=" not in caplog.text  # nothing printed yet
         ck.step_done(6, losses, {"model": model})  # the last step prints its line
-    assert CountingTensor.calls
+    assert READS & set(CountingTensor.calls)
     assert "t step 6/6 (100.0%)" in caplog.text and "loss=0.75 mask=0.5 rgb=0.25" in caplog.text
+
+
+def test_the_loss_record_keeps_window_means_and_a_resume_cuts_it_back_to_its_checkpoint(tmp_path):
+    """``losses.json`` beside ``ckpt/``: each loss's mean over windows of every/5 steps (a loss computed on some
+    steps only is averaged over those, absent windows are null), written with each checkpoint; a resume from
+    step 10 drops what came after it and goes on from there."""
+    def run(ck, start, stop):
+        model = torch.nn.Linear(2, 2)
+        assert ck.resume({"model": model}) == start
+        for step in range(start + 1, stop + 1):
+            losses = {"rgb": torch.tensor(float(step))}
+            if step % 2 == 0:
+                losses["mask"] = torch.tensor(100.0 + step)
+            if step > 12:
+                losses["late"] = 1.0
+            ck.step_done(step, losses, {"model": model})
+
+    ck = make_ckpt(tmp_path / "ckpt", every=10, total=20)
+    run(ck, 0, 15)
+    record = json.loads((tmp_path / "losses.json").read_text())
+    assert record["steps"] == [2, 4, 6, 8, 10]  # written at step 10's checkpoint; 12 and 14 not yet
+    assert record["losses"]["rgb"] == [1.5, 3.5, 5.5, 7.5, 9.5]
+    assert record["losses"]["mask"] == [102, 104, 106, 108, 110]
+    ck = make_ckpt(tmp_path / "ckpt", every=10, total=20)
+    run(ck, 10, 20)
+    record = json.loads((tmp_path / "losses.json").read_text())
+    assert record["steps"] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert record["losses"]["rgb"][5:] == [11.5, 13.5, 15.5, 17.5, 19.5]
+    assert record["losses"]["late"] == [None] * 6 + [1.0] * 4
 
 
 def test_float_and_tensor_losses_print_the_same_line(caplog):
