@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline*", "priors*", "stages*", "evaluation*", "training*", "configs"]),
     package_data={"": ["*.yaml"], "priors": ["bundled/*.json", "bundled/**/*.json", "bundled/**/*.txt",
-                                             "bundled/**/*.safetensors"]},
+                                             "bundled/**/*.safetensors"],
+                  "pipeline": ["report/assets/*"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.24",
@@ -39,7 +40,7 @@ setup(
             "nvdiffrast @ git+https://github.com/NVlabs/nvdiffrast.git",
             "xformers",
         ],
-        "test": ["pytest>=7", "ruff>=0.17,<0.18"],
+        "test": ["pytest>=7", "ruff>=0.17,<0.18", "websocket-client>=1.6"],
         "bench": ["embreex"],
     },
     entry_points={"console_scripts": ["geneman=pipeline.cli.main:main"]},

@@ -28,6 +28,7 @@ from evaluation.subjects import SUBJECTS, write_subject
 from evaluation.truth import SubjectRenderer, normalised_depth, to_uint8
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
+from pipeline.report import write as page
 from pipeline.run import session
 from pipeline.run.models import resolve_device
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
@@ -45,7 +46,7 @@ GEOMETRY_STAGES = ("geometry_init", "geometry_sculpt")
 RUN = "run"
 REFERENCE = "reference.png"
 SUBJECT = "subject.glb"
-WRITTEN = ("bench.json", "recon.glb", REFERENCE, SUBJECT)
+WRITTEN = ("bench.json", "recon.glb", REFERENCE, SUBJECT, "report.html")
 """The files a bench writes into OUT (beside the run folder ``OUT/run/``)."""
 TURNTABLE_VIEWS = 120
 
@@ -189,7 +190,7 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
     stage's ``seconds`` is from the run that made its result; ``wall_s`` is this call's."""
     t0 = time.monotonic()
     out = Path(out)
-    check_writable(out, WRITTEN, [RUN])
+    check_writable(out, WRITTEN, [RUN, "report_files"])
     path = subject_file(subject, out)
     mesh = load_subject(path)
     framing = frame(mesh, path, cfg)
@@ -218,4 +219,5 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
     recon_glb(last, framing, out)
     report["wall_s"] = round(time.monotonic() - t0, 1)
     atomic_write_bytes(out / "bench.json", (json.dumps(report, indent=2) + "\n").encode())
+    page.refresh(out / RUN, bench_root=out)
     return report

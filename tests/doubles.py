@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.run.runner import StageSpec
+from stages import previews
 
 
 @dataclass
@@ -53,7 +54,8 @@ class DoubleStage:
     """Stands in for a stage module: ``run`` and ``Result``.
 
     Env knobs for subprocess tests: GENEMAN_TEST_STEP_SLEEP (seconds per step),
-    GENEMAN_TEST_FAIL (``stage:step`` raises there).
+    GENEMAN_TEST_FAIL (``stage:step`` raises there), GENEMAN_TEST_PREVIEWS (a preview strip every step,
+    as ``stages.previews`` writes them).
     """
 
     Result = DoubleResult
@@ -87,6 +89,8 @@ class DoubleStage:
             opt.step()
             if sleep:
                 time.sleep(sleep)
+            if os.environ.get("GENEMAN_TEST_PREVIEWS"):
+                previews.write(ckpt, step + 1, holder.w.detach().clamp(0, 1).reshape(2, 2, 2, 3).repeat(1, 4, 4, 1))
             ckpt.step_done(step + 1, {"fit": loss}, objects)
         return DoubleResult(holder.w.detach().clone())
 

@@ -1,11 +1,15 @@
 """``geneman status OUT`` of a batch folder: one row per image, then a summary line."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline.batch.record import ACTIVE_SLURM_STATES, BATCH_FILE, load_record, local_job_state, slurm_states
 from pipeline.errors import GenemanError
+from pipeline.report.index import write_batch_index
 from pipeline.run.store import RunStore
+
+log = logging.getLogger("geneman")
 
 COLUMNS = ("image", "stage", "step/total", "state", "job", "error")
 SUMMARY_ORDER = ("done", "running", "queued", "failed", "interrupted", "blocked", "stopped")
@@ -73,6 +77,16 @@ def batch_rows(root: Path, live) -> list[tuple[str, ...]]:
     return rows
 
 
+def refresh_index(root: Path, live, rows: list[tuple[str, ...]] | None = None) -> None:
+    """Rewrite ``index.html`` (from ``rows``, else the batch's rows now); where it cannot be written, one warning
+    line (the batch's own files are what count)."""
+    try:
+        rows = batch_rows(Path(root), live) if rows is None else rows
+        write_batch_index(Path(root), rows, summary(rows))
+    except (OSError, GenemanError) as e:
+        log.warning("batch: %s could not be written (%s)", Path(root) / "index.html", e)
+
+
 def summary(rows: list[tuple[str, ...]]) -> str:
     """``N images: a done, b running, c queued, d failed`` (other states only when present)."""
     counts = {s: 0 for s in SUMMARY_ORDER}
@@ -82,8 +96,16 @@ def summary(rows: list[tuple[str, ...]]) -> str:
     return f"{len(rows)} images: " + ", ".join(parts)
 
 
-def batch_status(root: Path, live, format_table) -> str:
-    """The status block of a batch folder: header, table, summary line."""
+def write_index(root: Path, live) -> Path:
+    """Write the batch's ``index.html`` (``pipeline.report.index``) from its rows as ``geneman status`` sees them
+    (``live(run folder)``: whether a process holds its lock)."""
     rows = batch_rows(Path(root), live)
+    return write_batch_index(Path(root), rows, summary(rows))
+
+
+def batch_status(root: Path, live, format_table) -> str:
+    """The status block of a batch folder: header, table, summary line; ``index.html`` refreshed."""
+    rows = batch_rows(Path(root), live)
+    refresh_index(Path(root), live, rows)
     table = format_table(rows, COLUMNS) if rows else "(no images)"
     return f"{root}: batch\n{table}\n{summary(rows)}"

@@ -42,10 +42,11 @@ from pipeline.batch.record import (
     save_record,
     slurm_states,
 )
+from pipeline.batch.status import refresh_index
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, InputError, Interrupted
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
-from pipeline.run.store import RunStore, now
+from pipeline.run.store import RunStore, lock_holder, now
 
 log = logging.getLogger("geneman")
 
@@ -291,6 +292,7 @@ def submit_batch(inputs: Sequence[str | Path], out: Path, cfg: RunConfig, option
             launch = run_local if options.executor == "local" else submit_slurm
             launch(out, record, executor, groups, jobs, options)
         save_record(out, record)
+    refresh_index(out, lambda r: lock_holder(r) is not None)
     log.info("batch: %d image(s) in %d job(s) %s; %d skipped", len(todo), len(submission["job_ids"]),
              " ".join(submission["job_ids"]), len(skipped))
     return {"jobs": submission["job_ids"], "todo": [n for n, _ in todo], "skipped": skipped}

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
     common(st)
+    rp = sub.add_parser("report", help="write the HTML page of a run, bench or batch folder (OUT/report.html, a "
+                                       "batch's OUT/index.html)",
+                        description="Write OUT/report.html (a batch folder: OUT/index.html and every run's "
+                                    "report.html) from the folder's own files; runs write theirs after every stage. "
+                                    "The page works offline, opened from disk.")
+    rp.add_argument("out", type=Path, nargs="+", help="run, bench or batch folder(s)")
+    common(rp)
     _batch_parser(sub)
     cli_tools.add_parsers(sub)
     be = sub.add_parser("bench", help="measure the stages on a ground-truth mesh with the oracle guidance (no weights)")
@@ -144,8 +151,8 @@ def cmd_resume(args) -> int:
 def cmd_batch(args) -> int:
     from pipeline.batch.status import batch_rows, summary
     from pipeline.batch.submit import BatchOptions, submit_batch
-    from pipeline.cli.status import lock_holder
     from pipeline.config import load_config
+    from pipeline.run.store import lock_holder
 
     sets = cli_sets(args)
     cfg = apply_trust(load_config(args.preset, args.config, sets), args)
@@ -182,6 +189,15 @@ def cmd_status(args) -> int:
     return print_status(args.out, sys.stdout, sys.stderr)
 
 
+def cmd_report(args) -> int:
+    from pipeline.report.write import write_report
+
+    for out in args.out:
+        for page in write_report(out):
+            print(page)
+    return 0
+
+
 def cmd_export(args) -> int:
     from pipeline.run.export import export_run
 
@@ -207,7 +223,7 @@ def cmd_eval(args) -> int:
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "batch": cmd_batch,
             "weights": cli_tools.cmd_weights, "profile": cli_tools.cmd_profile, "bench": cmd_bench,
-            "eval": cmd_eval, "data": cli_train.cmd_data,
+            "eval": cmd_eval, "data": cli_train.cmd_data, "report": cmd_report,
             "prior": cli_train.cmd_prior}
 
 

@@ -1,8 +1,6 @@
 """``geneman status``: a table per run folder (stage, step/total, state, elapsed, last error)."""
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 from typing import TextIO
 
@@ -10,22 +8,9 @@ from pipeline.batch.status import batch_status, is_batch
 from pipeline.errors import GenemanError, InputError
 from pipeline.run.progress import format_eta
 from pipeline.run.runner import DEFAULT_STAGES
-from pipeline.run.store import LOCK, RunStore, StageRecord, pid_alive
+from pipeline.run.store import RunStore, StageRecord, lock_holder
 
 COLUMNS = ("stage", "step/total", "state", "elapsed", "last error")
-
-
-def lock_holder(root: Path) -> dict | None:
-    """The live process holding ``root``'s lock, or None (no lock, or its process is gone)."""
-    try:
-        holder = json.loads((root / LOCK).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(holder, dict):
-        return None
-    if holder.get("host") != socket.gethostname():
-        return holder  # cannot check a process on another host: trust the lock
-    return holder if pid_alive(holder.get("pid")) else None
 
 
 def stage_rows(store: RunStore, live: bool) -> list[tuple[str, ...]]:

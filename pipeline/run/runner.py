@@ -30,6 +30,7 @@ from pipeline.errors import (
     StageFailed,
     StageNotBuilt,
 )
+from pipeline.report import write as report
 from pipeline.run import preprocess
 from pipeline.run.checkpoint import Checkpointer
 from pipeline.run.progress import Progress
@@ -120,8 +121,15 @@ class Runner:
         """Run every stage not yet done; return the last stage's Result.
 
         ``until``: stop after that stage (run.json status ``paused``; ``geneman resume`` goes on) and
-        return its Result (preprocess: the ``Inputs``).
+        return its Result (preprocess: the ``Inputs``). ``report.html`` is written after every stage and
+        when the run ends, however it ends.
         """
+        try:
+            return self._run(from_stage, until)
+        finally:
+            report.refresh(self.store.root)
+
+    def _run(self, from_stage: str | None, until: str | None) -> Any:
         if from_stage:
             check_stage_name(from_stage, self.stages)
             self._invalidate_from(stage_names(self.stages).index(from_stage))
@@ -139,6 +147,7 @@ class Runner:
                 raise Interrupted(msg)
             h = digest(spec.name, h, self.cfg.seed, to_dict(getattr(self.cfg, spec.name)), self._prior_key())
             previous = self._stage(spec, index, inputs, previous, h)
+            report.refresh(self.store.root)
             if spec.name == until:
                 return self._pause(until, previous)
         self._export(previous)

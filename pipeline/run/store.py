@@ -295,6 +295,19 @@ class RunStore:
                 pass
 
 
+def lock_holder(root: Path) -> dict | None:
+    """The live process holding ``root``'s lock, or None (no lock, or its process is gone)."""
+    try:
+        holder = json.loads((root / LOCK).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict):
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder  # cannot check a process on another host: trust the lock
+    return holder if pid_alive(holder.get("pid")) else None
+
+
 def pid_alive(pid) -> bool:
     """True when a process ``pid`` exists on this host (False for anything that is not a pid)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

@@ -87,6 +87,7 @@ def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
     assert np.abs(recon.bounds.mean(0) - subject.bounds.mean(0)).max() < 0.3
     assert 0.5 < recon.extents.max() / subject.extents.max() < 2.0
     assert "fscore=" in r.stdout and (tmp_path / "b" / "run" / "run.json").is_file()
+    check_bench_page(tmp_path / "b", report)
     # --from-stage in the same folder: stage 4 redone with another setting; the stages before it are kept
     # byte for byte, with their figures
     run = tmp_path / "b" / "run"
@@ -106,6 +107,33 @@ def test_bench_runs_the_built_stages_and_reports_in_the_subject_frame(tmp_path):
     redone = after["texture_refine"]
     assert redone["state"] == "done" and redone["started"] > before["texture_refine"]["finished"]
     assert len(again["per_view"]["psnr"]) == 120
+
+
+def check_bench_page(out, report) -> None:
+    """The bench folder's report.html: the subject and the result in the viewer (their own bytes), bench.json's
+    figures and its per-view curves; in a real browser both viewers draw, quietly and offline."""
+    import base64
+    import re
+
+    from tests.browser import CHROMIUM, Browser, assert_quiet, open_checked, viewer_pixels
+
+    html = (out / "report.html").read_text()
+    js = (out / "report_files" / "models.js").read_text()
+    table = json.loads(js[js.index("=") + 1:].strip().rstrip(";"))
+    assert base64.b64decode(table["truth"].split(",", 1)[1]) == (out / "subject.glb").read_bytes()
+    assert base64.b64decode(table["recon"].split(",", 1)[1]) == (out / "recon.glb").read_bytes()
+    assert f"<td>fscore</td><td>{report['fscore']:.4g}</td>" in html
+    curve = re.search(r'data-name="psnr"[^>]*points="([^"]+)"', html).group(1)
+    assert len(curve.split()) == 120
+    assert 'src="run/00_preprocess/' in html and 'id="stage-texture_refine"' in html
+    if CHROMIUM is None and not os.environ.get("GENEMAN_REQUIRE_BROWSER"):
+        return  # the browser half needs Chromium (test_report.py's browser tests say so where it is missing)
+    with Browser(CHROMIUM) as browser:
+        open_checked(browser, out / "report.html")
+        assert browser.evaluate("document.querySelectorAll('model-viewer').length") == 2
+        drawn, total = viewer_pixels(browser)
+        assert drawn > 0.02 * total, (drawn, total)
+        assert_quiet(browser)
 
 
 def test_bad_subject_is_one_line_exit_2(tmp_path):
