@@ -1,7 +1,8 @@
 # Entry points, each bootstrapping .venv from nothing:
 #   make demo   photo -> textured avatar in outputs/demo/final (preset demo: the bundled tiny priors, CPU,
 #               no downloads); DEMO_IMAGE=examples/astronaut.jpg for the second example
-#   make test   the linter (make lint: ruff, config in ruff.toml), then the whole test suite, offline
+#   make test   the linter (make lint: ruff, config in ruff.toml), then the whole test suite, offline, on two
+#               pytest workers (the ten slowest tests printed at the end)
 #   make priors the bundled tiny priors (priors/bundled) made again from their seed (training/bundle.py,
 #               about 45 minutes on a 2-core CPU; its data and full-precision outputs in outputs/priors-work)
 # A CUDA user points TORCH_SPEC at their torch build, e.g.
@@ -15,6 +16,9 @@ DEMO_IMAGE ?= examples/demo_person.png
 DEMO_OUT ?= outputs/demo
 DEMO_PRESET ?= demo
 PRIORS_WORK ?= outputs/priors-work
+# Two pytest workers (the 2 cores), each test file on one worker (module fixtures, the Slurm cluster);
+# PYTEST_ARGS= runs the suite in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo lint test priors clean-venv
 

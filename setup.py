@@ -40,7 +40,7 @@ setup(
             "nvdiffrast @ git+https://github.com/NVlabs/nvdiffrast.git",
             "xformers",
         ],
-        "test": ["pytest>=7", "ruff>=0.17,<0.18", "websocket-client>=1.6"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.17,<0.18", "websocket-client>=1.6"],
         "bench": ["embreex"],
     },
     entry_points={"console_scripts": ["geneman=pipeline.cli.main:main"]},
