@@ -76,7 +76,8 @@ def sampling_floor(area: float, n: int = N_SAMPLES) -> float:
 
 def geometry_metrics(pred, ref, n: int = N_SAMPLES, seed: int = 0, tau: float | None = None) -> dict[str, float]:
     """``chamfer_l1``, ``normal_consistency``, ``fscore``, ``precision``, ``recall`` and ``tau`` of
-    ``pred`` against ``ref`` (see the module docstring), from one set of samples.
+    ``pred`` against ``ref`` (see the module docstring), and ``fscore_5`` (the F-score at 5% of ``ref``'s
+    bounding-box diagonal, a coarse shape's measure), from one set of samples.
 
     Args:
         pred, ref: meshes as ``(vertices, faces)``, Trimesh or SubjectMesh, in the same frame and units.
@@ -84,7 +85,8 @@ def geometry_metrics(pred, ref, n: int = N_SAMPLES, seed: int = 0, tau: float | 
         seed: ``pred`` is sampled with ``seed``, ``ref`` with ``seed + 1``.
         tau: F-score threshold; None: 1% of ``ref``'s bounding-box diagonal.
     """
-    tau = 0.01 * bbox_diagonal(ref) if tau is None else float(tau)
+    diagonal = bbox_diagonal(ref)
+    tau = 0.01 * diagonal if tau is None else float(tau)
     pa, na = sample_surface(pred, n, seed)
     pb, nb = sample_surface(ref, n, seed + 1)
     d_ab, i_ab = cKDTree(pb).query(pa, workers=1)
@@ -92,10 +94,14 @@ def geometry_metrics(pred, ref, n: int = N_SAMPLES, seed: int = 0, tau: float | 
     cos_ab = np.abs((na * nb[i_ab]).sum(1))
     cos_ba = np.abs((nb * na[i_ba]).sum(1))
     precision, recall = float((d_ab < tau).mean()), float((d_ba < tau).mean())
-    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"chamfer_l1": float(0.5 * (d_ab.mean() + d_ba.mean())),
             "normal_consistency": float(0.5 * (cos_ab.mean() + cos_ba.mean())),
-            "fscore": f, "precision": precision, "recall": recall, "tau": tau}
+            "fscore": _f(precision, recall), "precision": precision, "recall": recall, "tau": tau,
+            "fscore_5": _f(float((d_ab < 0.05 * diagonal).mean()), float((d_ba < 0.05 * diagonal).mean()))}
+
+
+def _f(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
 def chamfer_l1(pred, ref, n: int = N_SAMPLES, seed: int = 0) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from evaluation.framing import Framing, frame_subject
 from evaluation.meshes import SubjectMesh, load_mesh
 from evaluation.metrics import geometry_metrics, psnr, ssim
 from evaluation.oracle import OraclePriors
+from evaluation.silhouettes import reference_iou, truth_masks, turntable_iou
 from evaluation.subjects import SUBJECTS, write_subject
 from evaluation.truth import SubjectRenderer, normalised_depth, to_uint8
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.report import write as page
-from pipeline.run import session
+from pipeline.run import models, session
 from pipeline.run.models import resolve_device
 from pipeline.run.runner import DEFAULT_STAGES, StageSpec
 from pipeline.run.store import atomic_write_bytes
@@ -43,6 +45,10 @@ from stages.textured_mesh import TexturedMesh
 log = logging.getLogger("geneman")
 
 GEOMETRY_STAGES = ("geometry_init", "geometry_sculpt")
+GUIDANCE = ("oracle", "priors")
+"""``oracle``: the subject's own renders answer every guidance call; ``priors``: the preset's own priors and
+depth/normal source, exactly as ``geneman run`` (the truth only scores)."""
+SYNTH = "synth:"
 RUN = "run"
 REFERENCE = "reference.png"
 SUBJECT = "subject.glb"
@@ -56,16 +62,36 @@ def built_stages() -> tuple[StageSpec, ...]:
     return tuple(s for s in DEFAULT_STAGES if hasattr(s.module, "run"))
 
 
+def synth_spec(subject: str) -> tuple[int, int]:
+    """``(seed, index)`` of ``synth:SEED:INDEX``, or an InputError naming what is wrong."""
+    parts = subject[len(SYNTH):].split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InputError(f"subject {subject}: give synth:SEED:INDEX with two whole numbers (person INDEX of "
+                         "`geneman data synth --seed SEED`), e.g. synth:300:4")
+    seed, index = map(int, parts)
+    if seed >= 2**63 or index >= 2**31:
+        raise InputError(f"subject {subject}: seed must be below 2^63 and index below 2^31")
+    return seed, index
+
+
 def subject_file(subject: str, out: Path) -> Path:
-    """The mesh file to bench: ``subject`` itself, or a built-in subject's name written to ``OUT/subject.glb``."""
+    """The mesh file to bench: ``subject`` itself, a built-in subject's name or a generated person
+    (``synth:SEED:INDEX``, as ``geneman data synth`` makes it) written to ``OUT/subject.glb``."""
     path = Path(subject)
     if path.exists():
         return path
+    if subject.startswith(SYNTH):
+        from training.synth import build_person, person
+
+        seed, index = synth_spec(subject)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / SUBJECT, build_person(person(seed, index)).export(file_type="glb"))
+        return out / SUBJECT
     if subject in SUBJECTS:
         out.mkdir(parents=True, exist_ok=True)
         return write_subject(subject, out / SUBJECT)
-    raise InputError(f"subject {subject}: no such file, and not a built-in subject ({', '.join(SUBJECTS)}); "
-                     "give a GLB, OBJ or PLY mesh")
+    raise InputError(f"subject {subject}: no such file, not a built-in subject ({', '.join(SUBJECTS)}) and not "
+                     "synth:SEED:INDEX; give a GLB, OBJ or PLY mesh")
 
 
 def load_subject(path: Path) -> SubjectMesh:
@@ -90,10 +116,8 @@ def frame(mesh: SubjectMesh, path: Path, cfg: RunConfig) -> Framing:
 def reference_photo(renderer: SubjectRenderer, cfg: RunConfig, out: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """Render the reference photo (RGBA PNG, white under the person) at the preprocess canvas, and the
     true depth (normalised as preprocess expects, 1 = near) and camera-space normal maps."""
-    c = cfg.geometry_init.camera
-    cam = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
     side = cfg.preprocess.canvas
-    maps = renderer(cam, side, side)
+    maps = renderer(reference_cam(cfg), side, side)
     mask = maps["mask"][0, ..., 0]
     rgba = torch.cat([maps["rgb"][0], mask[..., None]], dim=-1)
     path = out / REFERENCE
@@ -102,6 +126,18 @@ def reference_photo(renderer: SubjectRenderer, cfg: RunConfig, out: Path) -> tup
     normal = torch.nn.functional.normalize(maps["normal"][0], dim=-1) * inside[..., None]
     truth = {"depth": normalised_depth(maps["depth"][0, ..., 0], inside).numpy(), "normal": normal.numpy()}
     return path, truth
+
+
+def reference_cam(cfg: RunConfig):
+    """The reference camera of the photo (stage 1's, as :func:`reference_photo` renders it)."""
+    c = cfg.geometry_init.camera
+    return reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy)
+
+
+def photo_mask(run: Path) -> torch.Tensor:
+    """The photo's ``[H, W]`` mask in [0, 1] as preprocess made it (what every stage was given)."""
+    return torch.from_numpy(np.asarray(Image.open(run / "00_preprocess" / "result" / "mask.png").convert("L"),
+                                       dtype=np.float32) / 255.0)
 
 
 def true_depth_normal(truth: dict[str, np.ndarray]):
@@ -113,18 +149,43 @@ def true_depth_normal(truth: dict[str, np.ndarray]):
     return hook
 
 
-def stage_report(run: Path, spec: StageSpec, subject: SubjectMesh, framing: Framing, seconds: float) -> dict | None:
-    """Geometry figures of one stage's mesh against the subject, in the subject's frame and units."""
+def result_mesh(result: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A stage Result's mesh ``(verts [V, 3], faces [F, 3])`` in the scene frame, or None (no mesh)."""
+    verts = getattr(result, "verts", None)
+    return None if verts is None else (verts, result.faces)
+
+
+@dataclass
+class Silhouettes:
+    """What a stage's silhouettes are scored against: the truth's turntable masks and, from the reference
+    camera, the photo's mask as preprocess made it."""
+
+    truth: torch.Tensor
+    photo_mask: torch.Tensor
+    camera: Any
+
+    def figures(self, verts: torch.Tensor, faces: torch.Tensor) -> dict[str, float]:
+        """``iou``, ``iou_back``, ``iou_min`` (turntable, against the truth) and ``iou_ref`` (against the photo)."""
+        out = turntable_iou(verts, faces, self.truth)
+        out["iou_ref"] = reference_iou(verts, faces, self.photo_mask, self.camera)
+        return out
+
+
+def stage_report(run: Path, spec: StageSpec, subject: SubjectMesh, framing: Framing, seconds: float,
+                 silhouettes: Silhouettes | None = None) -> dict | None:
+    """Geometry figures of one stage's mesh against the subject, in the subject's frame and units, and its
+    silhouette IoUs (``silhouettes``)."""
     folder = run / spec.folder / "result"
     if not folder.is_dir():
         return None
-    result = spec.module.Result.load(folder)
-    verts = getattr(result, "verts", None)
-    if verts is None:
+    shape = result_mesh(spec.module.Result.load(folder))
+    if shape is None:
         return {"seconds": round(seconds, 1)}
-    mesh = trimesh.Trimesh(framing.to_subject(verts.double().numpy()), result.faces.numpy(), process=False)
-    ref = trimesh.Trimesh(subject.vertices, subject.faces, process=False)
-    figures = geometry_metrics(mesh, ref)
+    verts, faces = shape
+    mesh = trimesh.Trimesh(framing.to_subject(verts.double().numpy()), faces.numpy(), process=False)
+    figures: dict[str, Any] = geometry_metrics(mesh, trimesh.Trimesh(subject.vertices, subject.faces, process=False))
+    if silhouettes is not None:
+        figures.update(silhouettes.figures(verts, faces))
     figures["seconds"] = round(seconds, 1)
     return figures
 
@@ -184,37 +245,52 @@ def lpips_loader(cfg: RunConfig, device: torch.device):
 
 
 def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
-              from_stage: str | None = None) -> dict[str, Any]:
-    """Bench the built stages on ``subject`` (a mesh file or a built-in name) into ``out``; a bench folder
-    that has run continues (``from_stage``: redone from that stage on, the earlier stages kept). Each
-    stage's ``seconds`` is from the run that made its result; ``wall_s`` is this call's."""
+              from_stage: str | None = None, guidance: str = "oracle") -> dict[str, Any]:
+    """Bench the built stages on ``subject`` (a mesh file, a built-in name or ``synth:SEED:INDEX``) into
+    ``out`` under the ``guidance`` (:data:`GUIDANCE`); a bench folder that has run continues (``from_stage``:
+    redone from that stage on, the earlier stages kept). Each stage's ``seconds`` is from the run that made
+    its result; ``wall_s`` is this call's."""
     t0 = time.monotonic()
     out = Path(out)
+    if guidance not in GUIDANCE:
+        raise InputError(f"--guidance {guidance}: give one of {', '.join(GUIDANCE)}")
     check_writable(out, WRITTEN, [RUN, "report_files"])
+    stages = built_stages()
+    if subject.startswith(SYNTH):
+        synth_spec(subject)  # a bad spec is refused before any network is built
+    if guidance == "priors":  # the preset's networks, their weights checked before anything is written
+        priors, depth_normal = models.prepare(cfg, stages)
     path = subject_file(subject, out)
     mesh = load_subject(path)
     framing = frame(mesh, path, cfg)
     out.mkdir(parents=True, exist_ok=True)
     renderer = SubjectRenderer(mesh, framing)
     photo, truth = reference_photo(renderer, cfg, out)
-    stages = built_stages()
     device = resolve_device(cfg.device)
     loader = lpips_loader(cfg, device)
-    priors = OraclePriors(renderer, device=device, lpips=loader)
-    session.start(photo, out / RUN, cfg, stages=stages, priors=priors, depth_normal=true_depth_normal(truth),
-                  quiet=quiet, from_stage=from_stage)
+    oracle = OraclePriors(renderer, device=device, lpips=loader)
+    if guidance == "oracle":
+        session.start(photo, out / RUN, cfg, stages=stages, priors=oracle, depth_normal=true_depth_normal(truth),
+                      quiet=quiet, from_stage=from_stage)
+    else:  # as `geneman run` would: the preset's priors and its depth/normal source on the rendered photo
+        session.start(photo, out / RUN, cfg, stages=stages, priors=priors, depth_normal=depth_normal, quiet=quiet,
+                      from_stage=from_stage)
     manifest = json.loads((out / RUN / "run.json").read_text())
-    report: dict[str, Any] = {"subject": str(path), "framing": framing.to_dict(), "stages": {}}
+    report: dict[str, Any] = {"subject": str(path), "guidance": guidance, "framing": framing.to_dict(),
+                              "stages": {}}
+    silhouettes = Silhouettes(truth_masks(renderer), photo_mask(out / RUN), reference_cam(cfg))
     for spec in stages:
         seconds = float(manifest["stages"].get(spec.name, {}).get("elapsed_s", 0.0))
-        figures = stage_report(out / RUN, spec, mesh, framing, seconds)
+        figures = stage_report(out / RUN, spec, mesh, framing, seconds, silhouettes)
         if figures is not None:
             report["stages"][spec.name] = figures
     last_geometry = [s for s in stages if s.name in GEOMETRY_STAGES][-1]
     report.update({k: v for k, v in report["stages"][last_geometry.name].items() if k != "seconds"})
+    final = report["stages"].get(stages[-1].name, {})
+    report.update({f"final_{k}": final[k] for k in ("iou", "iou_back", "iou_min", "iou_ref") if k in final})
     last = stages[-1].module.Result.load(out / RUN / stages[-1].folder / "result")
     if isinstance(last, TexturedMesh):
-        lpips = priors.lpips if loader is not None else None
+        lpips = oracle.lpips if loader is not None else None
         report.update(appearance_report(last, renderer, cfg.preprocess.canvas, lpips))
     recon_glb(last, framing, out)
     report["wall_s"] = round(time.monotonic() - t0, 1)

@@ -65,10 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     _batch_parser(sub)
     cli_tools.add_parsers(sub)
-    be = sub.add_parser("bench", help="measure the stages on a ground-truth mesh with the oracle guidance (no weights)")
+    be = sub.add_parser("bench", help="measure the stages on a ground-truth mesh (oracle guidance: no weights; "
+                                      "or the preset's own priors)")
     be.add_argument("--subject", required=True,
-                    help="a GLB, OBJ or PLY mesh (+Y up, facing +Z), or a built-in subject: skirt, held_object, "
-                         "half_body, thin_limbs, front_back")
+                    help="a GLB, OBJ or PLY mesh (+Y up, facing +Z), a built-in subject (skirt, held_object, "
+                         "half_body, thin_limbs, front_back) or a generated person, synth:SEED:INDEX (person INDEX "
+                         "of `geneman data synth --seed SEED`)")
+    be.add_argument("--guidance", choices=("oracle", "priors"), default="oracle",
+                    help="oracle (default): the subject's own renders answer the guidance and its true depth and "
+                         "normal replace Sapiens'; priors: the preset's own priors and depth/normal source, as "
+                         "`geneman run` uses them (the truth only scores)")
     be.add_argument("-o", "--out", type=Path, required=True, help="bench folder (bench.json, recon.glb, run/)")
     be.add_argument("--from-stage",
                     help="in a bench folder that has run: redo from this stage on (e.g. texture_coarse, "
@@ -175,9 +181,11 @@ def cmd_bench(args) -> int:
     from pipeline.bench import run_bench
     from pipeline.config import load_config
 
-    cfg = load_config(args.preset, args.config, cli_sets(args))
-    report = run_bench(args.subject, args.out, cfg, quiet=args.quiet, from_stage=args.from_stage)
-    keys = ("fscore", "normal_consistency", "chamfer_l1", "psnr", "psnr_back", "ssim")
+    cfg = apply_trust(load_config(args.preset, args.config, cli_sets(args)), args)
+    report = run_bench(args.subject, args.out, cfg, quiet=args.quiet, from_stage=args.from_stage,
+                       guidance=args.guidance)
+    keys = ("fscore", "fscore_5", "normal_consistency", "chamfer_l1", "iou", "iou_back", "iou_ref", "psnr",
+            "psnr_back", "ssim")
     print(" ".join(f"{k}={report[k]:.4f}" for k in keys if k in report) + f" wall_s={report['wall_s']}")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'recon.glb'}")
     return 0

@@ -13,10 +13,13 @@ import trimesh
 
 from evaluation.framing import frame_subject
 from evaluation.meshes import load_mesh
+from evaluation.silhouettes import truth_masks
 from evaluation.subjects import write_subject
-from pipeline.bench import appearance_report, stage_report
+from evaluation.truth import SubjectRenderer
+from pipeline.bench import Silhouettes, appearance_report, stage_report, subject_file
 from pipeline.run.runner import DEFAULT_STAGES
 from stages import geometry_init
+from stages.render.cameras import reference_camera
 from stages.render.uv import fallback_uv
 from stages.textured_mesh import TexturedMesh
 from tests.stages.geometry_helpers import TINY
@@ -31,13 +34,31 @@ def test_a_reconstruction_equal_to_its_subject_scores_perfectly(tmp_path):
     folder = tmp_path / "run" / "01_geometry_init" / "result"
     folder.mkdir(parents=True)
     geometry_init.Result(verts, torch.as_tensor(subject.faces)).save(folder)
-    figures = stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0)
+    renderer = SubjectRenderer(subject, framing)
+    photo = renderer(reference_camera(), 64, 64)["mask"][0, ..., 0]
+    sil = Silhouettes(truth_masks(renderer, 8, 64), photo, reference_camera())
+    figures = stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0, sil)
     assert figures["fscore"] == 1.0 and figures["normal_consistency"] > 0.995  # nearest-sample normals: sampling noise
-    assert figures["chamfer_l1"] < 0.003  # sampling noise only, subject units (metres)
+    assert figures["fscore_5"] == 1.0 and figures["chamfer_l1"] < 0.003  # sampling noise only, subject units (m)
+    assert figures["iou"] == figures["iou_back"] == figures["iou_min"] == figures["iou_ref"] == 1.0
     shifted = subject.vertices + np.array([0.05, 0, 0])  # 5 cm, far beyond tau (1 % of the diagonal)
     geometry_init.Result(torch.as_tensor(framing.to_scene(shifted), dtype=torch.float32),
                          torch.as_tensor(subject.faces)).save(folder)
-    assert stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0)["fscore"] < 0.3
+    moved = stage_report(tmp_path / "run", DEFAULT_STAGES[0], subject, framing, 1.0, sil)
+    assert moved["fscore"] < 0.3 and moved["fscore_5"] > 0.9  # 5 cm is within 5% of the 1.8 m diagonal
+    assert moved["iou_min"] < moved["iou"] < 0.95 and moved["iou_ref"] < 0.95
+
+
+def test_a_generated_person_is_a_subject_and_a_bad_spec_is_one_line(tmp_path):
+    from training.synth import build_person, person
+
+    path = subject_file("synth:300:2", tmp_path / "b")
+    assert path == tmp_path / "b" / "subject.glb"
+    assert path.read_bytes() == build_person(person(300, 2)).export(file_type="glb")
+    for bad in ("synth:300", "synth:a:1", "synth:1:2:3"):
+        r = bench("--subject", bad, "-o", str(tmp_path / bad.replace(":", "_")))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "synth:SEED:INDEX" in r.stderr, r.stderr
+        assert not (tmp_path / bad.replace(":", "_")).exists()
 
 
 def test_appearance_known_answers():
@@ -142,3 +163,37 @@ def test_bad_subject_is_one_line_exit_2(tmp_path):
     (tmp_path / "empty.obj").write_text("# nothing\n")
     r = bench("--subject", str(tmp_path / "empty.obj"), "-o", str(tmp_path / "c"))
     assert r.returncode == 2 and "empty.obj" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bench_with_the_presets_own_priors_runs_them_and_scores_silhouettes(tmp_path, tiny_weights):
+    """``--guidance priors``: the run gets the preset's priors (tiny weights here) and its own depth/normal source
+    (the tiny Sapiens, an untrained TorchScript: trusted for this command), not the true maps the oracle bench
+    gives; bench.json says so and has every stage's silhouette IoUs and the final avatar's."""
+    weights, prior_3d = tiny_weights
+    sets = [f"{stage}.{s}" for stage, items in TINY.items() for s in items] + [
+        "preprocess.canvas=64", "preprocess.landmarks=false", "geometry_init.steps=4", "geometry_sculpt.steps=2",
+        "texture_coarse.steps=2", "texture_refine.steps=2", "texture_refine.n_views=1", "export.formats=[glb]",
+        f"priors.weights_dir={weights}", f"priors.prior_3d_diffusers={prior_3d}"]
+    out = tmp_path / "b"
+    r = bench("--subject", "half_body", "-o", str(out), "--guidance", "priors", "--trust-weights", "--quiet",
+              *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["guidance"] == "priors"
+    from pipeline.bench import frame, reference_photo
+    from pipeline.config import load_config
+
+    cfg = load_config("cpu", None, sets)
+    subject = load_mesh(out / "subject.glb")
+    _, truth = reference_photo(SubjectRenderer(subject, frame(subject, out, cfg)), cfg, tmp_path)
+    from PIL import Image
+    depth = np.asarray(Image.open(out / "run" / "00_preprocess" / "result" / "depth.png").convert("L")) / 255.0
+    assert np.abs(depth - truth["depth"]).mean() > 0.05  # the tiny Sapiens' map, not the truth
+    for name, figures in report["stages"].items():
+        assert {"iou", "iou_back", "iou_min", "iou_ref", "fscore_5"} <= set(figures), name
+        assert 0.0 <= figures["iou_min"] <= figures["iou"] <= 1.0 and 0.0 <= figures["iou_ref"] <= 1.0
+    assert report["final_iou"] == report["stages"]["texture_refine"]["iou"]
+    assert "iou=" in r.stdout and "fscore_5=" in r.stdout
+    missing = bench("--subject", "half_body", "-o", str(tmp_path / "none"), "--guidance", "priors", "--quiet",
+                    "--set", f"priors.weights_dir={tmp_path / 'empty'}")
+    assert missing.returncode == 2 and "missing" in missing.stderr and not (tmp_path / "none").exists()
