@@ -56,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show where run folders stand")
     st.add_argument("out", type=Path, nargs="+", help="run folder(s)")
     common(st)
-    rp = sub.add_parser("report", help="write the HTML page of a run, bench or batch folder (OUT/report.html, a "
-                                       "batch's OUT/index.html)",
-                        description="Write OUT/report.html (a batch folder: OUT/index.html and every run's "
-                                    "report.html) from the folder's own files; runs write theirs after every stage. "
-                                    "The page works offline, opened from disk.")
-    rp.add_argument("out", type=Path, nargs="+", help="run, bench or batch folder(s)")
-    common(rp)
+    _report_parser(sub)
     _batch_parser(sub)
     cli_tools.add_parsers(sub)
     be = sub.add_parser("bench", help="measure the stages on a ground-truth mesh (oracle guidance: no weights; "
@@ -93,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     cli_train.add_parsers(sub)
     return parser
+
+
+def _report_parser(sub) -> None:
+    """``geneman report``."""
+    rp = sub.add_parser("report", help="write the HTML page of a run, bench or batch folder (OUT/report.html, a "
+                                       "batch's OUT/index.html)",
+                        description="Write OUT/report.html (a batch folder: OUT/index.html and every run's "
+                                    "report.html) from the folder's own files; runs write theirs after every stage. "
+                                    "The page works offline, opened from disk.")
+    rp.add_argument("out", type=Path, nargs="+", help="run, bench or batch folder(s)")
+    common(rp)
 
 
 def _eval_parser(sub) -> None:

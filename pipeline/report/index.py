@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.report.page import STYLE, esc, read_json, rel
+from pipeline.report.page import esc, html_page, read_json, rel, stage_seconds
 from pipeline.run.store import atomic_write_bytes
 
 INDEX = "index.html"
@@ -25,8 +25,7 @@ def write_batch_index(root: Path, rows: Sequence[tuple[str, ...]], summary: str)
         run = root / name
         manifest = read_json(run / "run.json") or {}
         photo = manifest.get("input", {}).get("stored_photo") if isinstance(manifest, dict) else None
-        seconds = sum(float(r.get("elapsed_s", 0.0)) for r in manifest.get("stages", {}).values()) \
-            if isinstance(manifest, dict) else 0.0
+        seconds = stage_seconds(manifest)
         report = run / "report.html"
         link = f'<a href="{esc(rel(root, report))}">report</a>' if report.is_file() else "-"
         lines.append(
@@ -36,10 +35,9 @@ def write_batch_index(root: Path, rows: Sequence[tuple[str, ...]], summary: str)
             f'<td class="state-{esc(state)}">{esc(state)}</td><td>{esc(stage)} {esc(steps)}</td>'
             f"<td>{seconds:.0f} s</td><td>{link}</td><td class=\"error\">{esc(error)}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("image", "photo", "avatar", "state", "stage", "time", "report", "error"))
-    page = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>geneman batch: {esc(root.name)}</title><style>{STYLE}</style></head><body>"
-            f"<h1>geneman batch: {esc(root.name)}</h1><p id=\"summary\">{esc(summary)}</p>"
-            f'<table id="images"><tr>{head}</tr>{"".join(lines)}</table></body></html>\n')
+    page = html_page(f"geneman batch: {root.name}",
+                     f"<h1>geneman batch: {esc(root.name)}</h1><p id=\"summary\">{esc(summary)}</p>"
+                     f'<table id="images"><tr>{head}</tr>{"".join(lines)}</table>')
     path = root / INDEX
     atomic_write_bytes(path, page.encode())
     return path

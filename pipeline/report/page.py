@@ -13,6 +13,7 @@ figures. Nothing on the page reaches the network.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import os
@@ -75,6 +76,18 @@ v.src=lit?window.GENEMAN_MODELS[k]:gmUnlit(k);});}
 window.addEventListener('DOMContentLoaded',function(){document.querySelectorAll('model-viewer').forEach(
 function(v){if((window.GENEMAN_MODELS||{})[v.dataset.model]){v.src=gmUnlit(v.dataset.model);}});});
 """
+
+
+def html_page(title: str, body: str, head: str = "") -> str:
+    """A whole page: the title, the shared style, ``head`` (scripts) and ``body``."""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{STYLE}</style>{head}</head><body>{body}</body></html>\n")
+
+
+def stage_seconds(manifest: Any) -> float:
+    """The seconds a run's stages took, from its run.json (0 for anything else)."""
+    stages = manifest.get("stages", {}) if isinstance(manifest, dict) else {}
+    return sum(float(r.get("elapsed_s", 0.0)) for r in stages.values())
 
 
 def esc(text: Any) -> str:
@@ -145,16 +158,22 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def preset_values(name: str) -> dict[str, Any]:
+    """The preset's flattened values as config.yaml writes them, outside the weight locations (read once per
+    process: a run rewrites its page after every stage)."""
+    from pipeline.config import load_config, to_dict  # the schema (imports the stages, so torch)
+
+    return {k: v for k, v in flatten(to_dict(load_config(name, None, []))).items() if k.split(".")[0] not in UNHASHED}
+
+
 def preset_differences(cfg: dict) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """The preset nearest to the run's config and the keys (outside the weight locations) that differ:
     ``{key: (run value, preset value)}``. Both sides as config.yaml writes them (``pipeline.config.to_dict``)."""
-    from pipeline.config import load_config, to_dict  # the schema (imports the stages, so torch)
-
     mine = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in UNHASHED}
     best: tuple[str, dict] = ("", {})
     for name in PRESETS:
-        preset = {k: v for k, v in flatten(to_dict(load_config(name, None, []))).items()
-                  if k.split(".")[0] not in UNHASHED}
+        preset = preset_values(name)
         diff = {k: (v, preset.get(k)) for k, v in mine.items() if preset.get(k, object()) != v}
         if not best[0] or len(diff) < len(best[1]):
             best = (name, diff)
@@ -284,6 +303,34 @@ def bench_section(bench: dict) -> str:
 # ---- the page
 
 
+def bench_glbs(page_root: Path, bench: Any) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    """A bench folder's subject (the file bench.json names, else ``subject.glb``) and ``recon.glb`` as GLB
+    bytes, and their viewers' ``(model, caption)``."""
+    models, shown = {}, []
+    subject = Path(bench["subject"]) if isinstance(bench, dict) and bench.get("subject") else None
+    if subject is None or not subject.is_file():
+        subject = page_root / "subject.glb"
+    if subject.is_file():
+        models["truth"] = as_glb(subject)
+        shown.append(("truth", f"the subject ({subject.name})"))
+    if (page_root / "recon.glb").is_file():
+        models["recon"] = (page_root / "recon.glb").read_bytes()
+        shown.append(("recon", "the result, in the subject's frame (recon.glb)"))
+    return models, shown
+
+
+def write_files(page_root: Path, models: dict[str, bytes]) -> None:
+    """``report_files/``: the viewer and its licences (copied when missing or changed) and ``models.js``."""
+    files = page_root / FILES
+    files.mkdir(exist_ok=True)
+    for name in (VIEWER_JS, *LICENCES):
+        target = files / name
+        if not target.is_file() or target.stat().st_size != (ASSETS / name).stat().st_size:
+            shutil.copyfile(ASSETS / name, target)
+    table = {k: data_url(v) for k, v in models.items()}
+    atomic_write_bytes(files / "models.js", f"window.GENEMAN_MODELS = {json.dumps(table)};\n".encode())
+
+
 def write_run_report(root: Path, bench_root: Path | None = None) -> Path:
     """Write ``report.html`` (and ``report_files/``) for the run folder ``root``; with ``bench_root``
     (a bench folder holding ``root`` as its run), the page goes there and adds the subject and figures.
@@ -299,34 +346,16 @@ def write_run_report(root: Path, bench_root: Path | None = None) -> Path:
     except (OSError, yaml.YAMLError):
         pass
     preset, diff = preset_differences(cfg) if isinstance(cfg, dict) and cfg else ("", {})
-    models: dict[str, bytes] = {}
-    bench_models: list[tuple[str, str]] = []
     bench = read_json(page_root / "bench.json") if bench_root else None
-    if bench_root:
-        subject = Path(bench["subject"]) if isinstance(bench, dict) and bench.get("subject") else None
-        if subject is None or not subject.is_file():
-            subject = page_root / "subject.glb"
-        if subject.is_file():
-            models["truth"] = as_glb(subject)
-            bench_models.append(("truth", f"the subject ({subject.name})"))
-        if (page_root / "recon.glb").is_file():
-            models["recon"] = (page_root / "recon.glb").read_bytes()
-            bench_models.append(("recon", "the result, in the subject's frame (recon.glb)"))
+    models, bench_models = bench_glbs(page_root, bench) if bench_root else ({}, [])
     if (root / "final" / "avatar.glb").is_file():
         models["avatar"] = (root / "final" / "avatar.glb").read_bytes()
-    files = page_root / FILES
-    files.mkdir(exist_ok=True)
-    for name in (VIEWER_JS, *LICENCES):
-        target = files / name
-        if not target.is_file() or target.stat().st_size != (ASSETS / name).stat().st_size:
-            shutil.copyfile(ASSETS / name, target)
-    table = {k: data_url(v) for k, v in models.items()}
-    atomic_write_bytes(files / "models.js", f"window.GENEMAN_MODELS = {json.dumps(table)};\n".encode())
+    write_files(page_root, models)
     scripts: dict[str, list] = {}
     stage_html = "".join(stage_section(root, page_root, n, r, preset, diff, scripts)
                          for n, r in manifest.get("stages", {}).items() if n != "preprocess")
     status = str(manifest.get("status", "?"))
-    total = sum(float(r.get("elapsed_s", 0.0)) for r in manifest.get("stages", {}).values())
+    total = stage_seconds(manifest)
     title = f"geneman {'bench' if bench_root else 'run'}: {page_root.name}"
     body = [f"<h1>{esc(title)}</h1>",
             f'<p>status <b class="state-{esc(status)}" id="status">{esc(status)}</b> · {total:.0f} s of stages · '
@@ -340,11 +369,9 @@ def write_run_report(root: Path, bench_root: Path | None = None) -> Path:
     body.append(f'<section id="stages"><h2>Stages</h2>{stage_html}</section>')
     body.append('<footer><p>Viewer: &lt;model-viewer&gt; (Apache-2.0) with three.js (MIT); licences in '
                 f'<a href="{FILES}/{LICENCES[0]}">{FILES}/</a>.</p></footer>')
-    page = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{esc(title)}</title><style>{STYLE}</style>"
-            f'<script src="{FILES}/{VIEWER_JS}"></script><script src="{FILES}/models.js"></script>'
-            f"<script>window.GM_PREVIEWS = {json.dumps(scripts)};{SCRIPT}</script></head>"
-            f"<body>{''.join(body)}</body></html>\n")
+    page = html_page(title, "".join(body),
+                     f'<script src="{FILES}/{VIEWER_JS}"></script><script src="{FILES}/models.js"></script>'
+                     f"<script>window.GM_PREVIEWS = {json.dumps(scripts)};{SCRIPT}</script>")
     path = page_root / PAGE
     atomic_write_bytes(path, page.encode())
     return path

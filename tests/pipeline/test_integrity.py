@@ -90,17 +90,21 @@ def test_every_result_records_its_files_and_the_digests_it_was_built_from(run):
     assert set(records["texture_refine"]["files"]) == {"weights.safetensors"}
 
 
-@pytest.mark.parametrize("damage", ["altered", "truncated", "no digest"])
-def test_resume_redoes_a_damaged_result_and_every_later_stage_with_one_warning(run, damage, caplog):
-    out, _ = run
-    expected, before = result_bytes(out), finished(out)
-    path = out / "02_geometry_sculpt" / "result" / "weights.safetensors"
+def damage_result(path, damage: str) -> None:
+    """Alter or truncate a result file, or remove its folder's DIGEST.json."""
     if damage == "altered":
         alter(path)
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:100])
     else:
         (path.parent / "DIGEST.json").unlink()
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated", "no digest"])
+def test_resume_redoes_a_damaged_result_and_every_later_stage_with_one_warning(run, damage, caplog):
+    out, _ = run
+    expected, before = result_bytes(out), finished(out)
+    damage_result(out / "02_geometry_sculpt" / "result" / "weights.safetensors", damage)
     time.sleep(1.1)  # timestamps have one-second resolution
     with caplog.at_level(logging.WARNING, logger="geneman"):
         resume_doubles(out)
@@ -115,13 +119,7 @@ def test_resume_redoes_a_damaged_result_and_every_later_stage_with_one_warning(r
 @pytest.mark.parametrize("damage", ["altered", "truncated", "no digest"])
 def test_export_and_eval_refuse_a_damaged_last_result_in_one_line(run, damage, capsys):
     out, photo = run
-    path = out / "04_texture_refine" / "result" / "weights.safetensors"
-    if damage == "altered":
-        alter(path)
-    elif damage == "truncated":
-        path.write_bytes(path.read_bytes()[:100])
-    else:
-        (path.parent / "DIGEST.json").unlink()
+    damage_result(out / "04_texture_refine" / "result" / "weights.safetensors", damage)
     final = snapshot(out / "final")
     assert main(["export", str(out)]) == 2
     line = one_line_error(capsys.readouterr().err)
