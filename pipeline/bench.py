@@ -245,17 +245,23 @@ def lpips_loader(cfg: RunConfig, device: torch.device):
 
 
 def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
-              from_stage: str | None = None, guidance: str = "oracle") -> dict[str, Any]:
+              from_stage: str | None = None, guidance: str = "oracle", until: str | None = None) -> dict[str, Any]:
     """Bench the built stages on ``subject`` (a mesh file, a built-in name or ``synth:SEED:INDEX``) into
     ``out`` under the ``guidance`` (:data:`GUIDANCE`); a bench folder that has run continues (``from_stage``:
     redone from that stage on, the earlier stages kept). Each stage's ``seconds`` is from the run that made
-    its result; ``wall_s`` is this call's."""
+    its result; ``wall_s`` is this call's. ``until``: run and score the stages up to that one only (e.g.
+    ``geometry_sculpt`` to try geometry settings); the appearance figures need the last stage."""
     t0 = time.monotonic()
     out = Path(out)
     if guidance not in GUIDANCE:
         raise InputError(f"--guidance {guidance}: give one of {', '.join(GUIDANCE)}")
     check_writable(out, WRITTEN, [RUN, "report_files"])
     stages = built_stages()
+    if until is not None:
+        names = [s.name for s in stages]
+        if until not in names:
+            raise InputError(f"--until {until}: give one of {', '.join(names)}")
+        stages = stages[:names.index(until) + 1]
     if subject.startswith(SYNTH):
         synth_spec(subject)  # a bad spec is refused before any network is built
     if guidance == "priors":  # the preset's networks, their weights checked before anything is written
@@ -285,7 +291,7 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
         if figures is not None:
             report["stages"][spec.name] = figures
     last_geometry = [s for s in stages if s.name in GEOMETRY_STAGES][-1]
-    report.update({k: v for k, v in report["stages"][last_geometry.name].items() if k != "seconds"})
+    report.update({k: v for k, v in report["stages"].get(last_geometry.name, {}).items() if k != "seconds"})
     final = report["stages"].get(stages[-1].name, {})
     report.update({f"final_{k}": final[k] for k in ("iou", "iou_back", "iou_min", "iou_ref") if k in final})
     last = stages[-1].module.Result.load(out / RUN / stages[-1].folder / "result")

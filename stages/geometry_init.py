@@ -85,7 +85,8 @@ class Config:
     lambda_rgb: Ramp = ramp_field(1000.0)
     """Weight of the reference RGB MSE."""
     lambda_mask: Ramp = ramp_field(0.05)
-    """Weight of the reference mask MSE."""
+    """Weight of the reference mask's squared error, summed over the pixels (the release's form, a weight per
+    pixel: at 128 px 0.05 weighs as 819 times a per-pixel mean)."""
     lambda_depth: Ramp = ramp_field(10.0)
     """Weight of the reference depth loss (form chosen by ``depth_loss``)."""
     lambda_normal: Ramp = ramp_field(0.0)
@@ -97,7 +98,7 @@ class Config:
     lambda_orient: Ramp = ramp_field(1.0, 10.0, 2000, 2001)
     """Weight of the orientation loss (normals facing away from the camera)."""
     lambda_sparsity: Ramp = ramp_field(0.1, 10.0, 2000, 2001)
-    """Weight of the opacity sparsity loss."""
+    """Weight of the opacity sparsity loss (guidance views only)."""
     lambda_opaque: Ramp = ramp_field(0.1, 10.0, 2000, 2001)
     """Weight of the binary-opacity loss."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=0.01, lr_other=0.01, eps=1e-8))
@@ -174,8 +175,9 @@ class Reference:
 
 
 def reference_losses(out: dict[str, Tensor], ref: Reference, cfg: Config, w: dict[str, float]) -> dict[str, Tensor]:
-    """RGB and mask MSE against the photo; depth and normal against the preprocess maps where present."""
-    losses = {"rgb": F.mse_loss(out["rgb"], ref.rgb), "mask": F.mse_loss(out["opacity"], ref.mask)}
+    """RGB MSE and the mask's summed squared error (:func:`stages.losses.mask_sum`) against the photo; depth
+    and normal against the preprocess maps where present."""
+    losses = {"rgb": F.mse_loss(out["rgb"], ref.rgb), "mask": L.mask_sum(out["opacity"], ref.mask)}
     if ref.depth is not None and active(w, "depth"):
         depth = out["depth"] / out["opacity"].clamp_min(1e-4)
         fit = L.depth_pearson if cfg.depth_loss == "pearson" else L.depth_ls_mse
@@ -187,11 +189,12 @@ def reference_losses(out: dict[str, Tensor], ref: Reference, cfg: Config, w: dic
 
 
 def regularisers(field: DensityField, out: dict[str, Tensor], cfg: Config, w: dict[str, float],
-                 gen: torch.Generator) -> dict[str, Tensor]:
+                 gen: torch.Generator, is_ref: bool) -> dict[str, Tensor]:
     """The release's regularisers that are weighted now: normal smoothness (2D and 3D), orientation,
-    sparsity and binary opacity."""
+    sparsity (on guidance views only: against the photo it would thin what the photo shows) and binary
+    opacity."""
     losses: dict[str, Tensor] = {}
-    if active(w, "sparsity"):
+    if active(w, "sparsity") and not is_ref:
         losses["sparsity"] = L.sparsity(out["opacity"])
     if active(w, "opaque"):
         losses["opaque"] = L.opaque(out["opacity"])
@@ -261,7 +264,7 @@ def run(cfg: Config, inputs: Inputs, previous, priors, ckpt) -> Result:
             # 4. losses: reference or guidance, then the regularisers
             losses = (reference_losses(out, ref, cfg, w) if is_ref
                       else hybrid_sds_losses(out["rgb"], cams, guide, cfg, w, step, gen))
-            losses.update(regularisers(field_, out, cfg, w, gen))
+            losses.update(regularisers(field_, out, cfg, w, gen, is_ref))
             loss = weighted_sum(losses, w)
         # 5. step
         opt.zero_grad(set_to_none=True)

@@ -85,7 +85,8 @@ class Config:
     lambda_normal_lpips: Ramp = ramp_field(100.0)
     """Weight of the perceptual (LPIPS) loss on reference normal maps."""
     lambda_mask: Ramp = ramp_field(1.0)
-    """Weight of the reference silhouette MSE."""
+    """Weight of the reference silhouette's squared error, summed over the pixels (the release's form, a
+    weight per pixel)."""
     lambda_depth: Ramp = ramp_field(0.1)
     """Weight of the reference depth loss (MSE after least-squares scale/shift)."""
     lambda_sdf: Ramp = ramp_field(1500.0)
@@ -241,8 +242,9 @@ def extract(net: SDFNetwork, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
 
 def reference_losses(out: dict[str, Tensor], ref: dict[str, Tensor | None], cam: Cameras, cfg: "Config",
                      w: dict[str, float], priors) -> dict[str, Tensor]:
-    """Normal (1 - cos and / or MSE, LPIPS), mask and depth against the preprocess maps."""
-    losses = {"mask": F.mse_loss(out["mask"], ref["mask"])}
+    """Normal (1 - cos and / or MSE, LPIPS), the mask's summed squared error (:func:`stages.losses.mask_sum`)
+    and depth against the preprocess maps."""
+    losses = {"mask": L.mask_sum(out["mask"], ref["mask"])}
     if ref["normal"] is not None:
         normal = L.to_camera(out["normal"], cam.c2w)
         if active(w, "normal"):

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--from-stage",
                     help="in a bench folder that has run: redo from this stage on (e.g. texture_coarse, "
                          "to try texture settings on the same geometry)")
+    be.add_argument("--until", metavar="STAGE",
+                    help="run and score the stages up to this one only (e.g. geometry_init, to try stage-1 "
+                         "settings in minutes); the appearance figures need the last stage")
     config_args(be, "cpu")
     common(be)
     ex = sub.add_parser("export", help="rewrite final/ of a finished run from its last stage's result",
@@ -188,7 +191,7 @@ def cmd_bench(args) -> int:
 
     cfg = apply_trust(load_config(args.preset, args.config, cli_sets(args)), args)
     report = run_bench(args.subject, args.out, cfg, quiet=args.quiet, from_stage=args.from_stage,
-                       guidance=args.guidance)
+                       guidance=args.guidance, until=args.until)
     keys = ("fscore", "fscore_5", "normal_consistency", "chamfer_l1", "iou", "iou_back", "iou_ref", "psnr",
             "psnr_back", "ssim")
     print(" ".join(f"{k}={report[k]:.4f}" for k in keys if k in report) + f" wall_s={report['wall_s']}")

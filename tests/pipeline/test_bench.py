@@ -197,3 +197,18 @@ def test_bench_with_the_presets_own_priors_runs_them_and_scores_silhouettes(tmp_
     missing = bench("--subject", "half_body", "-o", str(tmp_path / "none"), "--guidance", "priors", "--quiet",
                     "--set", f"priors.weights_dir={tmp_path / 'empty'}")
     assert missing.returncode == 2 and "missing" in missing.stderr and not (tmp_path / "none").exists()
+
+
+def test_bench_until_runs_and_scores_the_stages_up_to_it_only(tmp_path):
+    sets = [f"{stage}.{s}" for stage, items in TINY.items() for s in items] + [
+        "preprocess.canvas=64", "preprocess.landmarks=false", "geometry_init.steps=4"]
+    out = tmp_path / "b"
+    r = bench("--subject", "thin_limbs", "-o", str(out), "--until", "geometry_init", "--quiet",
+              *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert set(report["stages"]) == {"geometry_init"} and "psnr" not in report
+    assert report["fscore"] == report["stages"]["geometry_init"]["fscore"] and "iou_ref" in report
+    assert not (out / "run" / "02_geometry_sculpt").exists() and (out / "recon.glb").is_file()
+    bad = bench("--subject", "thin_limbs", "-o", str(tmp_path / "c"), "--until", "sculpt", "--quiet")
+    assert bad.returncode == 2 and "--until sculpt" in bad.stderr and not (tmp_path / "c").exists()
