@@ -291,7 +291,7 @@ def run_bench(subject: str, out: Path, cfg: RunConfig, quiet: bool = False,
         if figures is not None:
             report["stages"][spec.name] = figures
     last_geometry = [s for s in stages if s.name in GEOMETRY_STAGES][-1]
-    report.update({k: v for k, v in report["stages"].get(last_geometry.name, {}).items() if k != "seconds"})
+    report.update({k: v for k, v in report["stages"][last_geometry.name].items() if k != "seconds"})
     final = report["stages"].get(stages[-1].name, {})
     report.update({f"final_{k}": final[k] for k in ("iou", "iou_back", "iou_min", "iou_ref") if k in final})
     last = stages[-1].module.Result.load(out / RUN / stages[-1].folder / "result")
