@@ -3,8 +3,10 @@ the same architecture untrained.
 
     .venv/bin/python benchmarks/bench_demo.py photo                 # examples/demo_person.png (+ its mesh)
     .venv/bin/python benchmarks/bench_demo.py score outputs/demo    # PSNR of a demo run vs the person
-    .venv/bin/python benchmarks/bench_demo.py novel-views           # 3D prior: trained vs untrained
+    .venv/bin/python benchmarks/bench_demo.py novel-views           # 3D prior: trained vs untrained vs white, source
     .venv/bin/python benchmarks/bench_demo.py estimators            # depth / normal estimators vs constants
+    .venv/bin/python benchmarks/bench_demo.py condition             # 3D prior's loss: true vs broken conditions
+    .venv/bin/python benchmarks/bench_demo.py vae                   # the bundled VAEs' held-out reconstructions
 
 The demo person is person 5 of ``geneman data synth --seed 200`` (:data:`DEMO_SEED`); the held-out
 people of ``novel-views`` are persons 0-4 of seed 300 (:data:`HELDOUT_SEED`); the bundled priors were
@@ -13,7 +15,7 @@ the run's final textured mesh and the person (framed as preprocess frames the ph
 evaluation turntable (120 views, unlit albedo on white) with :func:`pipeline.bench.appearance_report`:
 PSNR over all views, the front half and the back half. Results are printed as JSON and written
 beside the run (``RUN/demo_score.json``) or to ``outputs/bench_demo/novel_views.json`` /
-``estimators.json``.
+``estimators.json`` / ``condition.json`` / ``vae.json``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -87,17 +88,21 @@ def cmd_score(args) -> dict:
 
 
 def cmd_novel_views(args) -> dict:
-    """PSNR of the 3D prior's novel views (DDIM 50, CFG 3, from each held-out person's reference view
-    to the others of ``geneman data render --views-3d 4``), bundled weights vs the same architecture
-    with a new UNet and projection (same VAE, image encoder and scheduler); ``source_copy`` scores the
-    input view itself as the answer, the floor a useful prior should pass."""
-    from evaluation.metrics import psnr
+    """The 3D prior's novel views (DDIM 50, CFG 3, from each held-out person's views to the others of
+    ``geneman data render --views-3d 4``) scored by :func:`training.novel_views.novel_view_scores`: PSNR over
+    the whole image and on the person (the target's silhouette), LPIPS where the ``lpips`` weight is found,
+    the mean over sampling seeds 0, 1, 2; bundled weights vs the same architecture with a new UNet and
+    projection (same VAE, image encoder and scheduler), beside the all-white answer and the source view
+    copied (the floors a useful prior should pass)."""
+    from pipeline.config import load_config
+    from priors.lpips import LPIPS
     from priors.prior_3d import Zero123SDS
-    from priors.weights import BUNDLED_DIR
+    from priors.weights import BUNDLED_DIR, all_weights, check_one
     from priors.zero123_parts import Zero123Parts
     from training import render, synth
     from training.datasets import ViewPairs
-    from training.train import build_3d, novel_views, write_grid
+    from training.novel_views import novel_view_scores
+    from training.train import build_3d, write_grid
 
     torch.set_num_threads(2)
     bundled = BUNDLED_DIR / "tiny" / "geneman" / "prior3d"
@@ -110,6 +115,9 @@ def cmd_novel_views(args) -> dict:
     untrained.parts.scheduler = trained.parts.scheduler
     for p in (trained, untrained):
         p.parts.unet.eval()
+        p.parts.image_encoder.eval()
+    priors_cfg = load_config("demo").priors
+    lpips = LPIPS.from_pretrained(priors_cfg) if check_one(priors_cfg, all_weights(priors_cfg)["lpips"]).found else None
     out = ROOT / "outputs" / "bench_demo"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,23 +126,18 @@ def cmd_novel_views(args) -> dict:
         render.render_dataset(people, Path(tmp) / "data", render.RenderConfig(size=64, views_2d=0, views_3d=4,
                                                                                seed=HELDOUT_SEED))
         pairs = ViewPairs(Path(tmp) / "data", 64)
-    index = torch.arange(len(pairs))
-    source, target, camera = pairs.batch(index)
+    source, target, camera = pairs.batch(torch.arange(len(pairs)))
     figures, pictures = {}, []
     for name, prior in (("trained", trained), ("untrained", untrained)):
-        g = torch.Generator().manual_seed(0)
-        views = torch.cat([novel_views(prior, source[i:i + 8], camera[i:i + 8], g) for i in range(0, len(index), 8)])
-        scores = [psnr(views[i:i + 1].permute(0, 2, 3, 1), target[i:i + 1].permute(0, 2, 3, 1))
-                  for i in range(len(index))]
-        figures[name] = {"psnr": float(np.mean(scores)), "per_pair": scores}
-        pictures.append(views[:8])
-    copied = [psnr(source[i:i + 1].permute(0, 2, 3, 1), target[i:i + 1].permute(0, 2, 3, 1)) for i in range(len(index))]
-    figures["source_copy"] = {"psnr": float(np.mean(copied)), "per_pair": copied}  # no prior: the input view as is
+        report = novel_view_scores(prior, source, target, camera, seeds=(0, 1, 2), lpips=lpips)
+        pictures.append(report["views"][:8])
+        figures[name] = report["prior"]
+    figures["white"], figures["source_copy"] = report["white"], report["source_copy"]
     write_grid([source[:8], *pictures, target[:8]], out / "novel_views.png")
-    report = {"pairs": len(index), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "sampler": "DDIM 50, CFG 3",
-              **{k: round(v["psnr"], 3) for k, v in figures.items()}, "picture": str(out / "novel_views.png")}
-    (out / "novel_views.json").write_text(json.dumps({**report, "per_pair": {k: v["per_pair"] for k, v in
-                                                                                figures.items()}}, indent=1) + "\n")
+    report = {"pairs": len(pairs), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "sampler": "DDIM 50, CFG 3",
+              "seeds": [0, 1, 2], "lpips": "VGG16 v0.1 at 64 px" if lpips is not None else "not measured (no lpips "
+              "weight under the demo preset's weights folder)", **figures, "picture": str(out / "novel_views.png")}
+    (out / "novel_views.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -184,6 +187,108 @@ def cmd_estimators(args) -> dict:
     return report
 
 
+def heldout_render(folder: Path, views_2d: int, views_3d: int, size: int = 64) -> Path:
+    """The held-out people (persons 0-4 of :data:`HELDOUT_SEED`) rendered as the bundle's data is."""
+    from training import render, synth
+
+    people = folder / "people"
+    synth.synth(HELDOUT_PEOPLE, people, seed=HELDOUT_SEED)
+    render.render_dataset(people, folder / "data", render.RenderConfig(size=size, views_2d=views_2d,
+                                                                         views_3d=views_3d, seed=HELDOUT_SEED))
+    return folder / "data"
+
+
+def bundled_3d():
+    """The bundled 3D prior in float32 (stored in float16), its networks in eval mode."""
+    from priors.prior_3d import Zero123SDS
+    from priors.weights import BUNDLED_DIR
+    from priors.zero123_parts import Zero123Parts
+
+    parts = Zero123Parts.from_pretrained(BUNDLED_DIR / "tiny" / "geneman" / "prior3d")
+    for net in (parts.unet, parts.vae, parts.image_encoder, parts.cc_projection):
+        torch.nn.Module.to(net, dtype=torch.float32).eval()
+    return Zero123SDS(parts)
+
+
+def cmd_condition(args) -> dict:
+    """Does the bundled 3D prior use its condition? Its epsilon loss on the held-out view pairs (the same
+    targets, noise and timesteps for every row, ``--draws`` of them, the target latents the VAE's posterior
+    mode so that no encoding noise is in the loss) with the true condition, the cameras shuffled among the
+    pairs, another pair's source view, an all-white source, and no condition at all (the unconditional
+    branch guidance runs). A prior that reads its source and camera scores the true condition lowest."""
+    from priors.latents import to_latents
+    from training.datasets import ViewPairs
+
+    torch.set_num_threads(2)
+    prior = bundled_3d()
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = ViewPairs(heldout_render(Path(tmp), 0, 4), 64)
+    source, target, camera = pairs.batch(torch.arange(len(pairs)))
+    n, vae, sched = len(source), prior.parts.vae, prior.parts.scheduler
+    perm = torch.roll(torch.arange(n), n // 2)  # every pair gets another's camera / source
+    variants = {"true": (source, camera, True), "shuffled_cameras": (source, camera[perm], True),
+                "other_source": (source[perm], camera, True), "white_source": (torch.ones_like(source), camera, True),
+                "no_condition": (source, camera, False)}
+    losses = {k: [] for k in variants}
+    with torch.no_grad():
+        size = prior.native_size
+        z = to_latents(vae, vae.encode(torch.nn.functional.interpolate(target, (size, size), mode="area") * 2 - 1)
+                       .latent_dist.mode())
+        conds = {k: prior.condition(src) for k, (src, _, _) in variants.items()}
+        for draw in range(args.draws):
+            g = torch.Generator().manual_seed(draw)
+            noise = torch.randn(z.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=g)
+            noisy = sched.add_noise(z, noise, t)
+            for name, (_, cam, keep) in variants.items():
+                x, ctx = prior.model_inputs(noisy, *conds[name], cam, torch.full((n,), keep))
+                eps = prior.parts.unet(x, t, encoder_hidden_states=ctx).sample
+                losses[name].append(float(torch.nn.functional.mse_loss(eps, noise)))
+    report = {"pairs": n, "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED, "draws": args.draws,
+              **{k: round(sum(v) / len(v), 5) for k, v in losses.items()},
+              "per_draw": {k: [round(x, 5) for x in v] for k, v in losses.items()}}
+    out = ROOT / "outputs" / "bench_demo"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "condition.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def cmd_vae(args) -> dict:
+    """The bundled VAEs on the held-out people's captioned renders (64 px, 8 a person): PSNR of the
+    reconstruction (the posterior mean decoded) over the whole image and on the person (the render's own
+    silhouette), for the 3D prior's VAE (the encoder every prior's latents come from) and the SD base's
+    (``tiny/sd``: the same encoder, the decoder stage 4 decodes with), beside the per-channel statistics
+    of the latents the priors see (they should be near 0 mean and unit variance)."""
+    from diffusers import AutoencoderKL
+
+    from priors.latents import to_latents
+    from priors.weights import BUNDLED_DIR
+    from training.datasets import CaptionedImages
+    from training.novel_views import image_scores
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = CaptionedImages(heldout_render(Path(tmp), 8, 0), 64).images
+    report = {"images": len(images), "people": HELDOUT_PEOPLE, "seed": HELDOUT_SEED}
+    for name, folder in (("prior3d_vae", BUNDLED_DIR / "tiny" / "geneman" / "prior3d" / "vae"),
+                         ("sd_vae", BUNDLED_DIR / "tiny" / "sd" / "vae")):
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            posterior = vae.encode(images * 2 - 1).latent_dist
+            recon = (vae.decode(posterior.mean).sample * 0.5 + 0.5).clamp(0, 1)
+            z = to_latents(vae, posterior.sample(torch.Generator().manual_seed(0)))
+        scores = image_scores(recon, images)
+        report[name] = {"psnr": round(sum(scores["psnr"]) / len(images), 2),
+                        "psnr_person": round(sum(scores["psnr_person"]) / len(images), 2),
+                        "latent_mean": [round(float(v), 3) for v in z.mean(dim=(0, 2, 3))],
+                        "latent_std": [round(float(v), 3) for v in z.std(dim=(0, 2, 3))],
+                        "posterior_std": [round(float(v), 3) for v in posterior.std.mean(dim=(0, 2, 3))]}
+    out = ROOT / "outputs" / "bench_demo"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vae.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,9 +298,12 @@ def main() -> int:
     score.add_argument("--size", type=int, default=256, help="turntable render side (default: %(default)s)")
     sub.add_parser("novel-views")
     sub.add_parser("estimators")
+    condition = sub.add_parser("condition")
+    condition.add_argument("--draws", type=int, default=8, help="noise / timestep draws (default: %(default)s)")
+    sub.add_parser("vae")
     args = parser.parse_args()
     report = {"photo": cmd_photo, "score": cmd_score, "novel-views": cmd_novel_views,
-              "estimators": cmd_estimators}[args.command](args)
+              "estimators": cmd_estimators, "condition": cmd_condition, "vae": cmd_vae}[args.command](args)
     print(json.dumps(report, indent=1))
     return 0
 

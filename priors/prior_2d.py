@@ -16,6 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from priors import memory, sds
 from priors.config import Config
+from priors.latents import from_latents, to_latents
 from priors.text import PromptEmbeddings, PromptEncoder
 from priors.weights import all_weights, resolve
 
@@ -68,7 +69,8 @@ class StableDiffusionSDS:
 
     def encode_images(self, images: torch.Tensor, size: int | None = 512,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B, 3, H, W] images in [0, 1] -> [B, 4, h, w] scaled latents, differentiable.
+        """[B, 3, H, W] images in [0, 1] -> [B, 4, h, w] latents (shifted and scaled, :mod:`priors.latents`),
+        differentiable.
 
         Args:
             images: renders in [0, 1].
@@ -83,12 +85,12 @@ class StableDiffusionSDS:
             raise ValueError(f"render size {h}x{w} is not a multiple of the VAE downsampling {self.vae_scale}")
         posterior = self.vae.encode((images * 2.0 - 1.0).to(self.vae.dtype)).latent_dist
         z = posterior.sample(generator) if self.sample_posterior else posterior.mode()
-        return (z * self.vae.config.scaling_factor).float()
+        return to_latents(self.vae, z.float())
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, 4, h, w] scaled latents -> [B, 3, H, W] images in [0, 1]."""
-        image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        """[B, 4, h, w] latents (:mod:`priors.latents`) -> [B, 3, H, W] images in [0, 1]."""
+        image = self.vae.decode(from_latents(self.vae, latents.float()).to(self.vae.dtype)).sample
         return (image.float() * 0.5 + 0.5).clamp(0, 1)
 
     @torch.no_grad()

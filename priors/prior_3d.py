@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from priors import memory, sds, zero123_ldm
 from priors.config import Config
+from priors.latents import to_latents
 from priors.zero123_parts import Zero123Parts
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,23 +74,33 @@ class Zero123SDS:
             setattr(parts, name, memory.prepare(getattr(parts, name), cfg, device))
         return cls(parts, cfg.weighting)
 
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings [B, 1, D] of [B, 3, H, W] source images in [0, 1] (white background),
+        differentiable (the 3D trainer trains a from-scratch tiny encoder through it): resized to
+        :attr:`cond_size` (area), then to the encoder's side (bicubic), CLIP-normalised."""
+        p = self.parts
+        img = F.interpolate(images, (self.cond_size, self.cond_size), mode="area")
+        size = p.image_encoder.config.image_size
+        clip_in = F.interpolate(img, (size, size), mode="bicubic", align_corners=True)
+        mean, std = (torch.tensor(v, device=img.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+        clip_in = ((clip_in - mean) / std).to(p.image_encoder.dtype)
+        return p.image_encoder(pixel_values=clip_in).image_embeds[:, None].float()
+
+    @torch.no_grad()
+    def source_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Unscaled VAE latents (the posterior's mode, as Zero-1-to-3 concatenates them) [B, 4, h, w] of
+        [B, 3, H, W] source images in [0, 1], resized to :attr:`cond_size` (area)."""
+        vae = self.parts.vae
+        img = F.interpolate(images, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
+        return vae.encode(img.to(vae.dtype)).latent_dist.mode().float()
+
     @torch.no_grad()
     def condition(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What Zero-1-to-3 conditions on, for [B, 3, H, W] source images in [0, 1] (white background):
-        their CLIP image embeddings [B, 1, D] and unscaled VAE latents (the posterior's mode) [B, 4, h, w].
-
-        The images are resized to :attr:`cond_size` first (area), then to the CLIP encoder's side
-        (bicubic) for the embedding. ``set_reference`` and the 3D trainer (:mod:`training.train`) both use this.
-        """
-        p = self.parts
-        img = F.interpolate(images, (self.cond_size, self.cond_size), mode="area") * 2.0 - 1.0
-        size = p.image_encoder.config.image_size
-        clip_in = F.interpolate((img + 1.0) / 2.0, (size, size), mode="bicubic", align_corners=True)
-        mean, std = (torch.tensor(v, device=img.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
-        clip_in = ((clip_in - mean) / std).to(p.image_encoder.dtype)
-        c_crossattn = p.image_encoder(pixel_values=clip_in).image_embeds[:, None].float()
-        c_concat = p.vae.encode(img.to(p.vae.dtype)).latent_dist.mode().float()
-        return c_crossattn, c_concat
+        their CLIP image embeddings [B, 1, D] (:meth:`image_embedding`) and unscaled VAE latents
+        [B, 4, h, w] (:meth:`source_latent`). ``set_reference`` and :func:`training.novel_views.novel_views`
+        use this."""
+        return self.image_embedding(images), self.source_latent(images)
 
     def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float, distance: float) -> None:
         """Embed the reference photo [1, 3, H, W] in [0, 1] (white background) taken from the given camera."""
@@ -113,7 +124,8 @@ class Zero123SDS:
 
     def encode_images(self, images: torch.Tensor, size: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B, 3, H, W] renders in [0, 1] -> [B, 4, h, w] scaled latents (posterior sample), differentiable.
+        """[B, 3, H, W] renders in [0, 1] -> [B, 4, h, w] latents (posterior sample, shifted and scaled:
+        :mod:`priors.latents`), differentiable.
 
         Renders are resized to ``size`` x ``size`` first; ``None`` means :attr:`cond_size` (the
         reference's side, by default :attr:`native_size`: 256 for Zero-1-to-3), whatever the render size.
@@ -123,7 +135,7 @@ class Zero123SDS:
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
         vae = self.parts.vae
         z = vae.encode((images * 2.0 - 1.0).to(vae.dtype)).latent_dist.sample(generator)
-        return (z * vae.config.scaling_factor).float()
+        return to_latents(vae, z.float())
 
     @torch.no_grad()
     def predict_noise(self, latents_noisy: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,

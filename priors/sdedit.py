@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from priors import memory, sds
 from priors.config import Config
+from priors.latents import from_latents, to_latents
 from priors.text import PromptEmbeddings, PromptEncoder
 
 
@@ -111,13 +112,13 @@ class ControlNetSDEdit:
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
             control = F.interpolate(control, (size, size), mode="bilinear", align_corners=False)
         vae, n = self.vae, images.shape[0]
-        z = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
+        z = to_latents(vae, vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.sample(generator).float())
         noise = randn_tensor(z.shape, generator, z.device)
         z = self.scheduler.add_noise(z, noise, steps[:1].repeat(n))
         ctx = embeddings.batch(n).to(device=z.device, dtype=self.unet.dtype)
         cond = torch.cat([control] * 2).to(self.controlnet.dtype)
         for t in steps:
             z = self._denoise(z, t, ctx, cond, guidance_scale, conditioning_scale)
-        out = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        out = vae.decode(from_latents(vae, z).to(vae.dtype)).sample.float()
         out = (out * 0.5 + 0.5).clamp(0, 1)
         return F.interpolate(out, (h, w), mode="bilinear", align_corners=False) if out.shape[-2:] != (h, w) else out

@@ -35,8 +35,8 @@ from pathlib import Path
 
 BUNDLED = Path(__file__).resolve().parents[1] / "priors" / "bundled"
 """Where the bundled priors live (package data of :mod:`priors`; ``priors.weights_dir: "@bundled"``)."""
-TRAIN_SEED, TRAIN_PEOPLE = 100, 40
-"""The training people: ``geneman data synth -n 40 --seed 100``."""
+TRAIN_SEED, TRAIN_PEOPLE = 100, 80
+"""The training people: ``geneman data synth -n 80 --seed 100``."""
 RENDER_SEED, SIZE, VIEWS_2D, VIEWS_3D = 1, 64, 16, 8
 """``geneman data render --seed 1 --size 64 --views-2d 16 --views-3d 8``."""
 MAPS_SEED, MAPS_SIZE, MAPS_VIEWS, MAPS_CROPS = 2, 128, 24, (0.8, 0.15, 0.05)
@@ -51,8 +51,8 @@ is ``sd_decoder``: ``sd`` with its decoder trained on further on the RGB images 
 every latent the priors were trained on, unchanged)."""
 TRAIN = (  # (name, kind, data folder under the work folder, steps, learning rate, extra options)
     ("sd", "vae", "data/all", 1500, 1e-3, ()),
-    ("prior_2d", "2d", "data", 800, 5e-4, ("--base", "{sd}")),
-    ("prior_3d", "3d", "data", 1000, 5e-4, ("--base", "{sd}")),
+    ("prior_2d", "2d", "data", 1000, 5e-4, ("--base", "{sd}")),
+    ("prior_3d", "3d", "data", 1600, 5e-4, ("--base", "{sd}")),
     ("normal_adapted", "2d", "data/normal", 300, 5e-4, ("--base", "{sd}")),
     ("depth_adapted", "2d", "data/depth", 300, 5e-4, ("--base", "{sd}")),
     ("controlnet", "controlnet", "data", 300, 2e-4, ("--init", "{prior_2d}")),
@@ -60,8 +60,9 @@ TRAIN = (  # (name, kind, data folder under the work folder, steps, learning rat
     ("depth_estimator", "depth", "maps", 3000, 1e-3, ()),
     ("normal_estimator", "normal", "maps", 3000, 1e-3, ()),
 )
-"""The trainings, in order (later ones use earlier outputs); batch 8, checkpoints every 100 steps; at
-:data:`SIZE` pixels, the estimators at :data:`MAPS_SIZE`."""
+"""The trainings, in order (later ones use earlier outputs); batch 8, checkpoints every 100 steps, the
+trainers' default warm-up, cosine decay and weight average; at :data:`SIZE` pixels, the estimators at
+:data:`MAPS_SIZE`."""
 BATCH = 8
 DATA_STEPS = ("people", "data", "maps")
 """The steps that make data (the others train)."""

@@ -75,8 +75,10 @@ class RenderConfig:
     """Probabilities of the ``full``, ``upper`` and ``closeup`` crops (paper: crop augmentation)."""
     views_3d: int = 8
     """3D views per subject (view 00 is the reference camera); pairs: views_3d * (views_3d - 1)."""
-    elevation_range: tuple[float, float] = (-10.0, 30.0)
-    """Elevation of the sampled cameras, degrees."""
+    elevation_range: tuple[float, float] = (-20.0, 45.0)
+    """Elevation of the sampled cameras, degrees: every elevation the stages' guidance views are drawn at
+    (the presets' ``camera.elevation_range``: -10 to 45 for the SDS stages, -20 to 20 for stage 2), so
+    that the priors are trained where they are asked."""
     distance: float = 3.0
     """Camera distance (the reference camera's, scene units)."""
     fovy: float = 20.0

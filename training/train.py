@@ -5,17 +5,20 @@ A step, both kinds (diffusers' training scripts' epsilon objective, DDPM eq. (14
 
 1. draw the batch: each row from the general-data set with probability ``general_ratio``, else from
    the human data (the paper mixes general data into both priors' fine-tuning);
-2. encode the targets with the frozen VAE (a posterior sample, scaled), draw t ~ U{0..T-1} and
+2. encode the targets with the frozen VAE (a posterior sample, shifted and scaled to zero mean and unit
+   variance per channel: :mod:`priors.latents`), draw t ~ U{0..T-1} and
    eps ~ N(0, 1), and noise: z_t = sqrt(a_t) z + sqrt(1 - a_t) eps;
 3. condition, and drop the condition with probability ``uncond_prob`` (classifier-free guidance needs
    the unconditional model): 2D, the caption's CLIP text embedding (dropped: the empty prompt);
    3D, :meth:`priors.prior_3d.Zero123SDS.model_inputs` of the source's CLIP embedding, VAE latent and
    the relative camera (dropped: zero context and zero latent, as guidance runs the unconditional branch);
-4. loss = || eps_theta(z_t, t, c) - eps ||^2; AdamW on the UNet (3D: and ``cc_projection``); the VAE,
-   text and image encoders stay frozen.
+4. loss = || eps_theta(z_t, t, c) - eps ||^2; AdamW on the UNet (3D: and ``cc_projection``, and a new
+   tiny image encoder), the learning rate warmed up and then cosine-decayed (:func:`lr_at`), an
+   exponential moving average of the weights kept (diffusers' ``EMAModel``) and saved; the VAE, text
+   encoder and a pretrained image encoder stay frozen.
 
 Every random number of step ``s`` comes from a generator seeded by (seed, s, process), so a run
-stopped and resumed from a checkpoint (model, optimiser, loss log) continues to the same bytes. The
+stopped and resumed from a checkpoint (model, optimiser, average, loss log) continues to the same bytes. The
 loop is the stages' (:class:`stages.loop.Checkpoint` saves and reports progress); several processes
 (``accelerate launch``, torchrun, Slurm) go through Hugging Face Accelerate, each drawing its own rows.
 """
@@ -44,6 +47,7 @@ from priors.zero123_parts import Zero123Parts
 from stages.loop import Checkpoint
 from stages.render.export import atomic_write, png_bytes
 from training.datasets import CaptionedImages, ControlledImages, MapImages, ViewPairs
+from training.novel_views import novel_views
 
 log = logging.getLogger("geneman")
 
@@ -54,7 +58,8 @@ DEFAULT_LR = {"2d": 1e-5, "3d": 1e-4, "vae": 1e-4, "controlnet": 1e-5, "depth": 
 """AdamW learning rates: the paper's for the priors (2D 1e-5, 3D 1e-4), diffusers' example scripts' order
 for the VAE and the ControlNet, a small CNN's usual 1e-3 for the estimators."""
 KL_WEIGHT = 1e-6
-"""Weight of the VAE's KL term (per-image sum over the latent), SD's autoencoder recipe."""
+"""Weight of the VAE's KL term against the reconstruction term, both summed over an image (SD's autoencoder
+recipe, LDM's ``kl_weight``): :func:`vae_loss`."""
 TRAIN_JSON = "train.json"
 """Beside the weights: the config, the data's manifest, the loss log, timings, library versions."""
 
@@ -98,10 +103,42 @@ class TrainConfig:
     """Write sample images every this many steps (0: only at the end)."""
     seed: int = 0
     """Seed of the batches, noise, timesteps and condition drops."""
+    warmup: float = 0.05
+    """Linear learning-rate warm-up from 0 over this fraction of ``steps`` (transformers' ``warmup_ratio``;
+    diffusers' scripts' ``lr_warmup_steps``): :func:`lr_at`."""
+    lr_schedule: str = "cosine"
+    """After the warm-up: ``constant`` or ``cosine`` (half a cosine down to 0 at ``steps``, diffusers'
+    ``get_cosine_schedule_with_warmup``): :func:`lr_at`."""
+    ema_decay: float = 0.9999
+    """Largest decay of the exponential moving average of the trained weights (diffusers' ``EMAModel`` with
+    its warm-up: decay 1 - (1 + step)^(-2/3), so about 0.99 at step 1000); the weights saved are the
+    average. 0: no average, the last step's weights are saved."""
 
     @property
     def learning_rate(self) -> float:
         return self.lr or DEFAULT_LR[self.kind]
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``step`` (0-based): linear warm-up over the first ``cfg.warmup`` of the steps
+    (from lr / warm-up steps at step 0), then constant or half a cosine to 0 at ``cfg.steps`` (diffusers'
+    ``get_constant_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``, as a pure function of the step).
+
+    Example:
+        >>> cfg = TrainConfig("3d", steps=100, lr=1.0, warmup=0.1)
+        >>> [round(lr_at(s, cfg), 3) for s in (0, 4, 9, 10, 99)]
+        [0.1, 0.5, 1.0, 1.0, 0.0]
+    """
+    warm = int(cfg.warmup * cfg.steps)
+    if step < warm:
+        return cfg.learning_rate * (step + 1) / warm
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - warm) / max(1, cfg.steps - warm - 1)
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def check_config(cfg: TrainConfig, has_general: bool) -> None:
@@ -118,6 +155,10 @@ def check_config(cfg: TrainConfig, has_general: bool) -> None:
     for name in ("steps", "batch_size", "save_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {cfg.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    if not (0.0 <= cfg.warmup < 1.0 and 0.0 <= cfg.ema_decay < 1.0):
+        raise ValueError(f"warm-up {cfg.warmup} and EMA decay {cfg.ema_decay} must be in [0, 1)")
     if cfg.sample_every < 0 or cfg.lr < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm <= 0:
         raise ValueError("--sample-every, --lr and --weight-decay must not be negative, "
                          "--max-grad-norm must be positive")
@@ -185,7 +226,11 @@ def build_2d(init: str, size: int, seed: int, base: str = "") -> StableDiffusion
 
 def build_3d(init: str, size: int, seed: int, base: str = "") -> Zero123SDS:
     """The 3D prior's networks: ``tiny`` from scratch for ``size``-pixel images (the VAE and scheduler
-    from ``base`` when given), or a Zero-1-to-3 diffusers folder."""
+    from ``base`` when given), or a Zero-1-to-3 diffusers folder.
+
+    The VAE is frozen; so is a fine-tuned model's image encoder (a pretrained CLIP, as Zero-1-to-3 keeps
+    it), but a new tiny encoder is trained with the UNet: frozen at its random initialisation, it gives
+    nearly the same embedding for every source, and the context token would carry the camera alone."""
     if init == "tiny":
         from priors import tiny
 
@@ -193,10 +238,12 @@ def build_3d(init: str, size: int, seed: int, base: str = "") -> Zero123SDS:
         vae = frozen["vae"]
         parts = Zero123Parts(tiny.unet(8, seed, sample_size=size // _vae_scale(vae)), vae, tiny.image_encoder(seed),
                              tiny.cc_projection(seed), frozen["scheduler"])
+        parts.image_encoder.train()
     else:
         parts = Zero123Parts.from_pretrained(_weights_folder(init, ("unet", "vae", "image_encoder", "cc_projection",
                                                                     "scheduler")))
-    _frozen(parts.vae), _frozen(parts.image_encoder)
+        _frozen(parts.image_encoder)
+    _frozen(parts.vae)
     parts.unet.train()
     return Zero123SDS(parts)
 
@@ -273,15 +320,19 @@ def _weights_folder(init: str, subfolders: tuple[str, ...], option: str = "--ini
 
 
 class Zero123Net(torch.nn.Module):
-    """The trained part of the 3D prior as one module (the UNet and ``cc_projection``), so that one
-    DistributedDataParallel wraps both; its forward is :meth:`Zero123SDS.model_inputs` then the UNet."""
+    """The trained part of the 3D prior as one module (the UNet, ``cc_projection`` and, when it is trained,
+    the image encoder), so that one DistributedDataParallel wraps them; its forward embeds the source
+    (:meth:`Zero123SDS.image_embedding`), then :meth:`Zero123SDS.model_inputs` and the UNet."""
 
     def __init__(self, prior: Zero123SDS):
         super().__init__()
         self.unet, self.cc_projection = prior.parts.unet, prior.parts.cc_projection
+        if any(p.requires_grad for p in prior.parts.image_encoder.parameters()):
+            self.image_encoder = prior.parts.image_encoder
         self._prior = [prior]  # not a submodule: the frozen encoders stay out of the optimiser and DDP
 
-    def forward(self, latents_noisy, t, c_crossattn, c_concat, camera, keep):
+    def forward(self, latents_noisy, t, source, c_concat, camera, keep):
+        c_crossattn = self._prior[0].image_embedding(source)
         x, ctx = self._prior[0].model_inputs(latents_noisy, c_crossattn, c_concat, camera, keep)
         return self.unet(x, t, encoder_hidden_states=ctx).sample
 
@@ -303,6 +354,26 @@ class VAENet(torch.nn.Module):
             posterior = self.vae.encode(images * 2 - 1).latent_dist
         z = posterior.mean + posterior.std * noise
         return self.vae.decode(z).sample, posterior.kl()
+
+
+def vae_loss(recon: torch.Tensor, target: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """SD's autoencoder objective (LDM's ``LPIPSWithDiscriminator`` less its perceptual and GAN terms, squared
+    error for its L1), per element: per image, the reconstruction error summed over the image's values plus
+    :data:`KL_WEIGHT` times the KL divergence summed over its latent (``kl`` [B], diffusers'
+    ``DiagonalGaussianDistribution.kl()``), divided by the values per image so that the first term is the
+    per-pixel MSE. ``recon`` and ``target`` [B, 3, H, W] in [-1, 1].
+
+    A KL summed over the latent beside a per-pixel mean would weigh the prior H x W x 3 times as much as SD
+    does (12,288 times at 64 px), and the posterior of the channels it wins keeps unit variance: noise the
+    diffusion models would then be trained on.
+
+    Example:
+        >>> recon, target = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+        >>> round(float(vae_loss(recon, target, torch.tensor([48.0, 48.0]))), 7)  # 0.25 + 1e-6 * 48 / 48
+        0.250001
+    """
+    per_image = target[0].numel()
+    return F.mse_loss(recon.float(), target.float()) + KL_WEIGHT * kl.float().mean() / per_image
 
 
 class ControlNetNet(torch.nn.Module):
@@ -482,14 +553,20 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.prior = BUILDERS[cfg.kind](cfg.init, self.size, cfg.seed, cfg.base)
         self.model = trainable(cfg.kind, self.prior, cfg.decoder_only)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.ema = None
+        if cfg.ema_decay:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=cfg.ema_decay, use_ema_warmup=True)
         self.losses = LossLog(cfg.steps)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
 
     def objects(self) -> dict[str, Any]:
         """What a checkpoint holds."""
-        return {"model": self.model, "optimizer": self.optimizer, "losses": self.losses}
+        return {"model": self.model, "optimizer": self.optimizer, "losses": self.losses,
+                **({"ema": self.ema} if self.ema is not None else {})}
 
     def loss(self, model, step: int) -> torch.Tensor:
         """The loss of ``step`` on this process (module doc, steps 1-4)."""
@@ -505,7 +582,7 @@ class Trainer:
             latent = self.size // self.prior_scale
             noise = torch.randn((len(images), self.prior.vae.config.latent_channels, latent, latent), generator=g)
             recon, kl = model(images, noise.to(dev))
-            return F.mse_loss(recon.float(), images * 2 - 1) + KL_WEIGHT * kl.mean()
+            return vae_loss(recon, images * 2 - 1, kl)
         sched = self.prior.parts.scheduler if cfg.kind == "3d" else self.prior.scheduler
         with torch.no_grad():
             if cfg.kind in ("2d", "controlnet"):
@@ -515,7 +592,7 @@ class Trainer:
             else:
                 source, target, camera = (torch.cat([b[i] for b in batches]).to(dev) for i in range(3))
                 latents = self.prior.encode_images(target, None, g)
-                c_crossattn, c_concat = self.prior.condition(source)
+                c_concat = self.prior.source_latent(source)
         noise = torch.randn(latents.shape, generator=g).to(dev)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=g).to(dev)
         keep = (torch.rand(len(latents), generator=g) >= cfg.uncond_prob).to(dev)
@@ -528,7 +605,7 @@ class Trainer:
             else:
                 eps = model(noisy, t, ctx, torch.cat([b[2] for b in batches]).to(dev))
         else:
-            eps = model(noisy, t, c_crossattn, c_concat, camera, keep)
+            eps = model(noisy, t, source, c_concat, camera, keep)
         return F.mse_loss(eps.float(), noise)
 
     def run(self, ckpt: Checkpoint) -> dict:
@@ -539,11 +616,15 @@ class Trainer:
         model, optimizer = acc.prepare(self.model, self.optimizer)
         t0 = time.monotonic()
         for step in range(start, cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
             loss = self.loss(model, step)
             acc.backward(loss)
             acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.step(self.params)
             value = acc.reduce(loss.detach(), reduction="mean") if self.world > 1 else loss.detach()
             self.losses.loss[step] = float(value)
             done = step + 1
@@ -551,10 +632,13 @@ class Trainer:
                 self.write_samples(done)
             ckpt.step_done(done, {"mse": self.losses.loss[step]}, self.objects())
         acc.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(self.params)  # the average is what is measured, sampled and saved
         if cfg.kind == "vae" and not cfg.decoder_only:
             self.set_latent_scale()
         elif cfg.kind == "vae":
             self.latent_scale = self.prior.vae.config.scaling_factor
+            self.latents_mean = self.prior.vae.config.get("latents_mean")
         summary = self.summary(start, time.monotonic() - t0)
         if acc.is_main_process:
             save_weights(cfg.kind, self.prior, self.out)
@@ -565,15 +649,21 @@ class Trainer:
 
     @torch.no_grad()
     def set_latent_scale(self, rows: int = 256) -> float:
-        """Set the VAE's ``scaling_factor`` to 1 / std of the posterior samples of up to ``rows`` data
-        images (how SD's 0.18215 was chosen), so that scaled latents have unit variance as the
-        diffusion schedules assume. Deterministic: fixed rows, a generator from the seed."""
+        """Set the VAE's latent map (:mod:`priors.latents`) from the posterior samples ``z`` of up to
+        ``rows`` data images: ``latents_mean`` their per-channel mean, ``scaling_factor`` 1 / the std of
+        ``z - latents_mean`` (how SD's 0.18215 was chosen, with the per-channel centring SDXL-style
+        configs hold), so that the latents the diffusion models train on have zero mean and unit variance,
+        as their samplers' start from standard normal noise assumes. Deterministic: fixed rows, a generator
+        from the seed."""
         vae, g = self.prior.vae.eval(), torch.Generator().manual_seed(self.cfg.seed)
         images = self.dataset.batch(torch.arange(min(rows, len(self.dataset))))[0].to(self.accelerator.device)
         posterior = vae.encode(images * 2 - 1).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(posterior.mean)
-        scale = round(1.0 / float(z.float().std()), 5)
-        vae.register_to_config(scaling_factor=scale)
+        z = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(posterior.mean)).float()
+        mean = z.mean(dim=(0, 2, 3))
+        scale = round(1.0 / float((z - mean.view(1, -1, 1, 1)).std()), 5)
+        self.latents_mean = [round(float(m), 5) for m in mean]
+        vae.register_to_config(scaling_factor=scale, latents_mean=self.latents_mean, latents_std=None,
+                               shift_factor=None)
         self.latent_scale = scale
         return scale
 
@@ -594,7 +684,8 @@ class Trainer:
                 "libraries": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                               "transformers": transformers.__version__},
                 "use": use_line(self.cfg.kind, self.out), "command": self.command,
-                **({"scaling_factor": self.latent_scale} if self.cfg.kind == "vae" else {})}
+                **({"scaling_factor": self.latent_scale, "latents_mean": self.latents_mean}
+                   if self.cfg.kind == "vae" else {})}
 
     # --- samples ----------------------------------------------------------------------------------
 
@@ -664,27 +755,6 @@ def write_grid(rows: list[torch.Tensor], path: Path) -> Path:
     image = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, png_bytes(image))
-
-
-@torch.no_grad()
-def novel_views(prior: Zero123SDS, source: torch.Tensor, camera: torch.Tensor, generator: torch.Generator,
-                steps: int = 50, guidance_scale: float = 3.0) -> torch.Tensor:
-    """Zero-1-to-3 sampling: DDIM ``steps`` from noise drawn from ``generator``, classifier-free guidance
-    (u + s (c - u)), of the views of ``source`` [B, 3, S, S] (in [0, 1]) at the relative ``camera``
-    [B, 1, 4]: [B, 3, S', S'] in [0, 1] at the prior's native size."""
-    ddim = DDIMScheduler.from_config(prior.parts.scheduler.config)
-    ddim.set_timesteps(steps)
-    c_crossattn, c_concat = prior.condition(source)
-    n, dev, vae = len(source), source.device, prior.parts.vae
-    keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
-    latent = prior.parts.unet.config.sample_size
-    x = torch.randn((n, 4, latent, latent), generator=generator).to(dev)
-    for t in ddim.timesteps:
-        xi, ctx = prior.model_inputs(torch.cat([x] * 2), c_crossattn.repeat(2, 1, 1), c_concat.repeat(2, 1, 1, 1),
-                                     camera.repeat(2, 1, 1), keep)
-        u, c = prior.parts.unet(xi, t, encoder_hidden_states=ctx).sample.chunk(2)
-        x = ddim.step(u + guidance_scale * (c - u), t, x).prev_sample
-    return (vae.decode(x / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
 
 
 def _mean(values: torch.Tensor) -> float | None:

@@ -115,6 +115,13 @@ def _train_parser(kinds, kind: str, arch: str, lr: str) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="rows per step and process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.0, help=f"AdamW learning rate (default: {paper}{lr})")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=0.05, metavar="F",
+                   help="linear learning-rate warm-up over this fraction of the steps (default: %(default)s)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after the warm-up (default: %(default)s: half a cosine down to 0 at the last step)")
+    p.add_argument("--ema-decay", type=float, default=0.9999, metavar="D",
+                   help="largest decay of the weights' moving average, which is what OUT gets "
+                        "(diffusers' EMAModel with warm-up; 0: the last step's weights; default: %(default)s)")
     if kind not in (*ESTIMATORS, "vae"):
         p.add_argument("--uncond-prob", type=float, default=0.1,
                        help="probability of dropping the condition (default: %(default)s)")
@@ -185,7 +192,8 @@ def _config(args):
                        general_ratio=args.general_ratio,
                        init=args.init, base=getattr(args, "base", ""),
                        decoder_only=getattr(args, "decoder_only", False),
-                       size=args.size, save_every=args.save_every, sample_every=args.sample_every, seed=args.seed)
+                       size=args.size, save_every=args.save_every, sample_every=args.sample_every, seed=args.seed,
+                       warmup=args.warmup, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay)
 
 
 def _check_resumable(out: Path, wanted: dict) -> None:

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["priors.sds", "priors.memory", "priors.hybrid", "priors.prior_3d", "priors.tiny", "priors.registry",
-           "priors.weights", "priors.deferred", "priors.clip"]
+           "priors.weights", "priors.deferred", "priors.clip", "priors.latents"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -57,7 +57,8 @@ def test_layout_counts_and_manifest(data, meshes):
     cams = json.loads((data / "3d" / "views" / "person_0001" / "cameras.json").read_text())
     assert [c["file"] for c in cams] == ["00.png", "01.png", "02.png"]
     assert (cams[0]["elevation"], cams[0]["azimuth"], cams[0]["distance"]) == (0.0, 0.0, 3.0)
-    assert all(-10 <= c["elevation"] <= 30 for c in cams)
+    lo, hi = render.RenderConfig().elevation_range
+    assert all(lo <= c["elevation"] <= hi for c in cams)
     assert not list(data.parent.glob(".*partial*"))
 
 
@@ -158,3 +159,18 @@ def test_cli_renders_and_reports_counts(meshes, tmp_path, capsys):
                  "--views-3d", "2", "--quiet"])
     assert code == 0
     assert "2 captioned images and 4 view pairs of 2 meshes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["demo", "cpu", "paper"])
+def test_the_training_cameras_cover_every_elevation_the_stages_guide_from(preset):
+    """The priors are trained at every elevation a stage's guidance views are drawn at (the presets'
+    ``camera.elevation_range``; SDS asked up to 45 degrees of priors whose data stopped at 30)."""
+    from pipeline.config import load_config
+
+    cfg = load_config(preset)
+    lo, hi = render.RenderConfig().elevation_range
+    asked = [getattr(cfg, stage).camera.elevation_range for stage in
+             ("geometry_init", "geometry_sculpt", "texture_coarse", "texture_refine")
+             if hasattr(getattr(cfg, stage), "camera")]
+    assert len(asked) >= 3
+    assert all(lo <= a <= b <= hi for a, b in asked), (asked, (lo, hi))
