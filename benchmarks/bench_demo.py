@@ -97,36 +97,23 @@ def cmd_novel_views(args) -> dict:
     copied (the floors a useful prior should pass)."""
     from pipeline.config import load_config
     from priors.lpips import LPIPS
-    from priors.prior_3d import Zero123SDS
-    from priors.weights import BUNDLED_DIR, all_weights, check_one
-    from priors.zero123_parts import Zero123Parts
-    from training import render, synth
+    from priors.weights import all_weights, check_one
     from training.datasets import ViewPairs
     from training.novel_views import novel_view_scores
     from training.train import build_3d, write_grid
 
     torch.set_num_threads(2)
-    bundled = BUNDLED_DIR / "tiny" / "geneman" / "prior3d"
-    parts = Zero123Parts.from_pretrained(bundled)
-    for net in (parts.unet, parts.vae, parts.image_encoder, parts.cc_projection):
-        torch.nn.Module.to(net, dtype=torch.float32)  # stored in float16
-    trained = Zero123SDS(parts)
+    trained = bundled_3d()
     untrained = build_3d("tiny", 64, seed=0)
     untrained.parts.vae, untrained.parts.image_encoder = trained.parts.vae, trained.parts.image_encoder
     untrained.parts.scheduler = trained.parts.scheduler
-    for p in (trained, untrained):
-        p.parts.unet.eval()
-        p.parts.image_encoder.eval()
+    untrained.parts.unet.eval()
     priors_cfg = load_config("demo").priors
     lpips = LPIPS.from_pretrained(priors_cfg) if check_one(priors_cfg, all_weights(priors_cfg)["lpips"]).found else None
     out = ROOT / "outputs" / "bench_demo"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        people = Path(tmp) / "people"
-        synth.synth(HELDOUT_PEOPLE, people, seed=HELDOUT_SEED)
-        render.render_dataset(people, Path(tmp) / "data", render.RenderConfig(size=64, views_2d=0, views_3d=4,
-                                                                               seed=HELDOUT_SEED))
-        pairs = ViewPairs(Path(tmp) / "data", 64)
+        pairs = ViewPairs(heldout_render(Path(tmp), 0, 4), 64)
     source, target, camera = pairs.batch(torch.arange(len(pairs)))
     figures, pictures = {}, []
     for name, prior in (("trained", trained), ("untrained", untrained)):
