@@ -47,12 +47,23 @@ def test_the_map_inverts_and_a_config_without_a_shift_is_scaling_alone(vaes):
     torch.testing.assert_close(to_latents(sd3, z), (z - 0.5) * vae.config.scaling_factor)
 
 
-def test_a_bundle_made_before_the_shift_still_loads_with_none():
+def test_a_bundle_made_before_the_shift_still_loads_with_none(tmp_path):
+    """A VAE folder written before train-vae stored ``latents_mean`` (its config.json has no such key)
+    loads and maps by scaling alone; the bundled VAE, made after, carries the shift."""
+    import json
+
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(BUNDLED_DIR / "tiny" / "sd" / "vae")
+    tiny.vae(0).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("latents_mean", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = AutoencoderKL.from_pretrained(tmp_path)
+    assert old.config.get("latents_mean") is None
     z = torch.randn(1, 4, 2, 2)
-    torch.testing.assert_close(to_latents(vae, z), z * vae.config.scaling_factor)
+    torch.testing.assert_close(to_latents(old, z), z * old.config.scaling_factor)
+    bundled = AutoencoderKL.from_pretrained(BUNDLED_DIR / "tiny" / "sd" / "vae")
+    assert len(bundled.config.latents_mean) == 4
 
 
 def test_the_2d_prior_encodes_decodes_and_guides_on_shifted_latents(vaes):
