@@ -89,8 +89,8 @@ def geometry_metrics(pred, ref, n: int = N_SAMPLES, seed: int = 0, tau: float | 
     tau = 0.01 * diagonal if tau is None else float(tau)
     pa, na = sample_surface(pred, n, seed)
     pb, nb = sample_surface(ref, n, seed + 1)
-    d_ab, i_ab = cKDTree(pb).query(pa, workers=1)
-    d_ba, i_ba = cKDTree(pa).query(pb, workers=1)
+    d_ab, i_ab = _tree(pb).query(pa, workers=1)
+    d_ba, i_ba = _tree(pa).query(pb, workers=1)
     cos_ab = np.abs((na * nb[i_ab]).sum(1))
     cos_ba = np.abs((nb * na[i_ba]).sum(1))
     precision, recall = float((d_ab < tau).mean()), float((d_ba < tau).mean())
@@ -98,6 +98,15 @@ def geometry_metrics(pred, ref, n: int = N_SAMPLES, seed: int = 0, tau: float | 
             "normal_consistency": float(0.5 * (cos_ab.mean() + cos_ba.mean())),
             "fscore": _f(precision, recall), "precision": precision, "recall": recall, "tau": tau,
             "fscore_5": _f(float((d_ab < 0.05 * diagonal).mean()), float((d_ba < 0.05 * diagonal).mean()))}
+
+
+def _tree(points: np.ndarray) -> cKDTree:
+    """A k-d tree for exact nearest-sample queries, built for the bench's worst case: a far or hollow
+    reconstruction (an early stage's shell around the subject), where every query point sits at a similar
+    distance from many samples. Leaves of 64 with uncompacted midpoint splits answer that case 6x faster
+    than scipy's defaults (40 s -> 6.5 s for 2 x 100k samples on 2 cores) and a close one as fast (0.3 s);
+    the answers are exact either way."""
+    return cKDTree(points, leafsize=64, balanced_tree=False, compact_nodes=False)
 
 
 def _f(precision: float, recall: float) -> float:
