@@ -65,6 +65,10 @@ class Config:
     """Scale of the initial density blob (Magic3D initialisation)."""
     density_blob_std: float = 0.5
     """Standard deviation of the initial density blob."""
+    density_blob_depth: float = 1.0
+    """The initial blob's half-depth along the reference camera's axis, as a fraction of ``density_blob_std``
+    (1: Magic3D's sphere). A person is far thinner front to back than tall; from a sphere the photo's mask
+    carves only the outline, and the guidance must carve the depth of a slab as deep as the blob is wide."""
     grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(
         start_level=8, start_step=2000, update_steps=500))
     """Progressive hash grid of the density / albedo field."""
@@ -141,9 +145,18 @@ class Result(MeshResult):
 def build_field(cfg: Config) -> DensityField:
     """The stage's density + albedo field from its config."""
     g = cfg.grid
+    axis = blob_axis(cfg) if cfg.density_blob_depth != 1.0 else None
     return DensityField(cfg.radius, g.n_levels, g.features_per_level, g.log2_hashmap_size, g.base_resolution,
                         g.per_level_scale, g.start_level, g.start_step, g.update_steps, n_neurons=cfg.mlp_neurons,
-                        blob_scale=cfg.density_blob_scale, blob_std=cfg.density_blob_std)
+                        blob_scale=cfg.density_blob_scale, blob_std=cfg.density_blob_std, blob_axis=axis,
+                        blob_axis_ratio=cfg.density_blob_depth)
+
+
+def blob_axis(cfg: Config) -> Tensor:
+    """The unit [3] direction from the scene's centre to the reference camera (the photo's depth axis)."""
+    c = cfg.camera
+    eye = reference_camera(c.ref_elevation, c.ref_azimuth, c.ref_distance, c.ref_fovy).c2w[0, :3, 3]
+    return (eye / eye.norm()).float()
 
 
 def build_occupancy(cfg: Config) -> OccupancyGrid:
@@ -154,7 +167,9 @@ def build_occupancy(cfg: Config) -> OccupancyGrid:
 def field_args(cfg: Config) -> dict:
     """What :func:`build_field` needs, as JSON (kept in the Result so it rebuilds without the config)."""
     return {"radius": cfg.radius, "grid": vars(cfg.grid).copy(), "mlp_neurons": cfg.mlp_neurons,
-            "density_blob_scale": cfg.density_blob_scale, "density_blob_std": cfg.density_blob_std}
+            "density_blob_scale": cfg.density_blob_scale, "density_blob_std": cfg.density_blob_std,
+            **({"density_blob_depth": cfg.density_blob_depth, "density_blob_axis": blob_axis(cfg).tolist()}
+               if cfg.density_blob_depth != 1.0 else {})}
 
 
 @dataclass

@@ -58,8 +58,24 @@ def density_activation(raw: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown density activation {kind!r} (softplus or exp)")
 
 
-def blob_density_bias(x: Tensor, scale: float, std: float) -> Tensor:
-    """Magic3D's initial density blob ``scale * (1 - |x| / std)`` added to the raw density [N]."""
+def blob_density_bias(x: Tensor, scale: float, std: float, axis: Tensor | None = None,
+                      axis_ratio: float = 1.0) -> Tensor:
+    """Magic3D's initial density blob ``scale * (1 - |x| / std)`` added to the raw density [N].
+
+    With a unit ``axis`` [3] and ``axis_ratio`` r, the blob is an ellipsoid: its half-length along ``axis``
+    is ``r * std`` (the other two stay ``std``), i.e. ``|x|`` is measured with the component along
+    ``axis`` divided by r. r = 1 is the sphere.
+
+    Example:
+        >>> x = torch.tensor([[0.25, 0.0, 0.0], [0.0, 0.25, 0.0]])
+        >>> blob_density_bias(x, 10.0, 0.5).tolist()
+        [5.0, 5.0]
+        >>> blob_density_bias(x, 10.0, 0.5, torch.tensor([1.0, 0.0, 0.0]), 0.5).tolist()  # thin along x
+        [0.0, 5.0]
+    """
+    if axis is not None and axis_ratio != 1.0:
+        along = x @ axis.to(x)
+        x = x + ((1.0 / axis_ratio) - 1.0) * along[:, None] * axis.to(x)
     return scale * (1 - x.norm(dim=-1) / std)
 
 
@@ -73,19 +89,24 @@ class DensityField(nn.Module):
         n_neurons, n_hidden_layers: MLP size.
         density_activation: ``softplus`` or ``exp``.
         blob_scale, blob_std: initial density blob (0 scale: none).
+        blob_axis, blob_axis_ratio: the blob's half-length along the unit ``blob_axis`` [3] is
+            ``blob_axis_ratio * blob_std`` (:func:`blob_density_bias`; None or 1: a sphere).
     """
 
     def __init__(self, radius: float = 1.0, n_levels: int = 16, features_per_level: int = 2,
                  log2_hashmap_size: int = 19, base_resolution: int = 16,
                  per_level_scale: float = 1.447269237440378, start_level: int | None = None,
                  start_step: int = 0, update_steps: int = 500, n_neurons: int = 64, n_hidden_layers: int = 1,
-                 density_activation: str = "softplus", blob_scale: float = 10.0, blob_std: float = 0.5):
+                 density_activation: str = "softplus", blob_scale: float = 10.0, blob_std: float = 0.5,
+                 blob_axis: Tensor | None = None, blob_axis_ratio: float = 1.0):
         super().__init__()
         self.radius = radius
         self.encoding = HashGrid(n_levels, features_per_level, log2_hashmap_size, base_resolution,
                                  per_level_scale, start_level, start_step, update_steps)
         self.mlp = MLP(self.encoding.out_dim, 4, n_neurons, n_hidden_layers)
         self.activation, self.blob_scale, self.blob_std = density_activation, blob_scale, blob_std
+        self.blob_axis = None if blob_axis is None else torch.as_tensor(blob_axis, dtype=torch.float32)
+        self.blob_axis_ratio = float(blob_axis_ratio)
         self.n_active: int | None = None
 
     def set_step(self, step: int) -> None:
@@ -96,7 +117,8 @@ class DensityField(nn.Module):
         unit = (x / self.radius + 1) / 2
         raw = self.mlp(self.encoding(unit, self.n_active))
         if self.blob_scale:
-            raw = torch.cat([raw[:, :1] + blob_density_bias(x, self.blob_scale, self.blob_std)[:, None],
+            raw = torch.cat([raw[:, :1] + blob_density_bias(x, self.blob_scale, self.blob_std, self.blob_axis,
+                                                                 self.blob_axis_ratio)[:, None],
                              raw[:, 1:]], dim=1)
         return raw
 

@@ -138,3 +138,23 @@ def test_a_stop_signal_during_stage2s_sdf_fit_stops_it_at_once(priors, inputs, s
     with pytest.raises(Interrupted, match="before step 1/4"):
         geometry_sculpt.run(cfg, inputs, stage1, priors, ckpt)
     assert not list((tmp_path / "ckpt").glob("step_*"))
+
+
+def test_the_initial_blob_is_thinner_along_the_photos_axis_by_density_blob_depth():
+    """``density_blob_depth`` 0.5: the blob's bias reaches zero at half the radius along the axis to the
+    reference camera and is unchanged across it; 1 (every release preset) is Magic3D's sphere, the same
+    numbers as before the option."""
+    sphere = tiny_config("cpu").geometry_init
+    thin = tiny_config("cpu", ["geometry_init.density_blob_depth=0.5", "geometry_init.camera.ref_azimuth=90"]
+                       ).geometry_init
+    axis = geometry_init.blob_axis(thin)
+    across = torch.linalg.cross(axis, torch.tensor([0.0, 0.0, 1.0]))
+    r = sphere.density_blob_std
+    f_sphere, f_thin = geometry_init.build_field(sphere), geometry_init.build_field(thin)
+    f_thin.load_state_dict(f_sphere.state_dict())  # the same network: only the blob differs
+    points = torch.stack([axis * r / 2, across * r / 2, torch.zeros(3)])
+    raw_sphere, raw_thin = f_sphere._raw(points)[:, 0], f_thin._raw(points)[:, 0]
+    bias = sphere.density_blob_scale
+    torch.testing.assert_close(raw_sphere - raw_thin, torch.tensor([bias / 2, 0.0, 0.0]), atol=1e-5, rtol=0)
+    assert f_sphere.blob_axis is None and "density_blob_axis" not in geometry_init.field_args(sphere)
+    assert abs(float(axis[1]) - 1.0) < 1e-6  # azimuth 90: the camera on +y
