@@ -74,8 +74,8 @@ def blob_density_bias(x: Tensor, scale: float, std: float, axis: Tensor | None =
         [0.0, 5.0]
     """
     if axis is not None and axis_ratio != 1.0:
-        along = x @ axis.to(x)
-        x = x + ((1.0 / axis_ratio) - 1.0) * along[:, None] * axis.to(x)
+        axis = axis.to(x)
+        x = x + ((1.0 / axis_ratio) - 1.0) * (x @ axis)[:, None] * axis
     return scale * (1 - x.norm(dim=-1) / std)
 
 
